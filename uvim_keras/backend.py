@@ -1,0 +1,45 @@
+"""The one place with backend-specific code: compiling inference functions.
+
+`compile_stateless(layer, fn)` returns a callable equal to `fn(*args)` that is
+compiled on the active backend:
+
+* jax: `jax.jit`, with the layer's variables passed as arguments through a
+  `keras.StatelessScope` (so weights are not baked in as constants and later
+  weight updates are seen);
+* tensorflow: `tf.function` (variables are captured by reference);
+* torch: run eagerly under `torch.no_grad()` (`torch.compile` on CPU costs far
+  more compile time than a UViM decode takes).
+
+Arguments that change the traced program (e.g. sampling settings) must be
+bound into `fn` by the caller; cache one compiled callable per setting.
+"""
+
+import keras
+
+
+def compile_stateless(layer, fn):
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        variables = list(layer.variables)
+
+        def pure(values, *args):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return fn(*args)
+
+        jitted = jax.jit(pure)
+        return lambda *args: jitted([v.value for v in variables], *args)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, reduce_retracing=True)
+    if backend == "torch":
+        import torch
+
+        def no_grad(*args):
+            with torch.no_grad():
+                return fn(*args)
+
+        return no_grad
+    return fn

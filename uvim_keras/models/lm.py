@@ -1,0 +1,253 @@
+"""UViM stage II: the guiding-code language model p(z | x)."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from uvim_keras.backend import compile_stateless
+from uvim_keras.layers import DecoderBlock, PatchEmbedding, PositionEmbedding, TransformerEncoder
+from uvim_keras.layers.transformer import layer_norm
+from uvim_keras.models.checks import check_codes, check_image, check_same_batch, grid_size, pair
+from uvim_keras.models.sampling import gumbel_noise, select_tokens
+
+BOS = 0
+
+
+@keras.saving.register_keras_serializable(package="uvim_keras")
+class GuidingCodeLM(keras.Model):
+    """Encoder-decoder transformer that models the guiding code given the image.
+
+    A ViT encoder reads the image; an autoregressive decoder (causal
+    self-attention, cross-attention to the image tokens, MLP; attention
+    without biases) predicts the code. Tokens are `code + 1`; token 0 is BOS,
+    so `vocab_size = dict_size + 1`; teacher forcing shifts the tokens right by
+    one. Trained with `fit` on `{"image": (B, H, W, 3), "codes": (B, code_len)}`
+    with the mean token cross-entropy.
+
+    `generate` decodes with a self-attention key/value cache; the image's
+    cross-attention keys/values are projected once per call (big_vision
+    re-projects them at every step). Token 0 is never sampled: big_vision can
+    emit it, and the code -1 it maps to silently selects the *last* codeword.
+    `generate(..., mask_bos=False)` restores big_vision's behaviour
+    (0 -> code dict_size - 1).
+
+    Defaults are big_vision's ViT-L/16-sized LM of the released models.
+
+    Example:
+    >>> lm = GuidingCodeLM(input_size=32, patch_size=8, code_len=16, dict_size=16,
+    ...                    width=32, num_layers=2, num_heads=2, mlp_dim=64)
+    >>> lm.compile(optimizer="adam")
+    >>> # lm.fit({"image": images, "codes": codes}, epochs=1)
+    >>> codes = lm.generate(images)                    # greedy, (B, 16)
+    >>> samples = lm.generate(images, num_samples=4, temperature=1.0, seed=0)
+    """
+
+    def __init__(
+        self,
+        input_size=512,
+        patch_size=16,
+        code_len=256,
+        dict_size=4096,
+        width=1024,
+        num_layers=24,
+        num_heads=16,
+        mlp_dim=4096,
+        posemb="learn",
+        dropout=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.input_size = pair(input_size, "input_size")
+        self.patch_size = pair(patch_size, "patch_size")
+        self.grid_size = grid_size(self.input_size, self.patch_size)
+        self.code_len = int(code_len)
+        self.dict_size = int(dict_size)
+        self.vocab_size = self.dict_size + 1
+        self.width = int(width)
+        self.num_layers = int(num_layers)
+        self.num_heads = int(num_heads)
+        self.mlp_dim = int(mlp_dim)
+        self.posemb = posemb
+        self.dropout = float(dropout)
+
+        self.image_embedding = PatchEmbedding(self.width, self.patch_size, name="image_embedding")
+        self.encoder_posemb = PositionEmbedding(posemb, self.grid_size, name="encoder_posemb")
+        self.encoder = TransformerEncoder(
+            self.num_layers, self.num_heads, self.mlp_dim, self.dropout, name="encoder"
+        )
+        self.token_embedding = keras.layers.Embedding(
+            self.vocab_size, self.width,
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
+            name="token_embedding",
+        )
+        self.decoder_posemb = PositionEmbedding(posemb, (1, self.code_len), name="decoder_posemb")
+        self.decoder_dropout = keras.layers.Dropout(self.dropout)
+        self.decoder_blocks = [
+            DecoderBlock(self.num_heads, self.mlp_dim, self.dropout, name=f"decoder_block_{i}")
+            for i in range(self.num_layers)
+        ]
+        self.decoder_norm = layer_norm("decoder_norm")
+        self.logits_dense = keras.layers.Dense(
+            self.vocab_size, kernel_initializer="zeros", name="logits"
+        )
+        self._generators = {}
+        self.build()
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        num_tokens = self.grid_size[0] * self.grid_size[1]
+        img_tokens = (None, num_tokens, self.width)
+        seq = (None, self.code_len, self.width)
+        self.image_embedding.build((None, *self.input_size, 3))
+        self.encoder_posemb.build(img_tokens)
+        self.encoder.build(img_tokens)
+        self.token_embedding.build((None, self.code_len))
+        self.decoder_posemb.build(seq)
+        for block in self.decoder_blocks:
+            block.build(seq, img_tokens)
+        self.decoder_norm.build(seq)
+        self.logits_dense.build(seq)
+        self.built = True
+
+    # -- teacher forcing ------------------------------------------------------
+    def encode(self, image, training=None):
+        """Image (B, H, W, 3) in [-1, 1] -> encoded tokens (B, G, width)."""
+        check_image(image, self.input_size)
+        x = self.image_embedding(ops.cast(image, self.compute_dtype))
+        return self.encoder(self.encoder_posemb(x), training=training)
+
+    def decode(self, encoded, tokens, training=None):
+        """Teacher-forced logits (B, L, vocab) for LM tokens (B, L) (= code + 1)."""
+        tokens = ops.cast(tokens, "int32")
+        shifted = ops.pad(tokens, ((0, 0), (1, 0)))[:, :-1]
+        x = self.decoder_posemb(self.token_embedding(shifted))
+        x = self.decoder_dropout(x, training=training)
+        for block in self.decoder_blocks:
+            x = block(x, encoded, training=training)
+        return self.logits_dense(self.decoder_norm(x))
+
+    def call(self, inputs, training=None):
+        if not isinstance(inputs, dict) or not {"image", "codes"} <= set(inputs):
+            raise ValueError(
+                "inputs must be a dict {'image': (B, H, W, 3), 'codes': (B, code_len)}; got "
+                f"{type(inputs).__name__}."
+            )
+        image, codes = inputs["image"], inputs["codes"]
+        check_codes(codes, self.code_len, self.dict_size)
+        check_same_batch(image, codes, "image", "codes")
+        encoded = self.encode(image, training=training)
+        return self.decode(encoded, ops.cast(codes, "int32") + 1, training=training)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        tokens = ops.cast(x["codes"], "int32") + 1
+        logp = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
+        nll = -ops.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+        loss = ops.mean(nll)
+        if self.losses:
+            loss = loss + ops.sum(self.losses)
+        return loss
+
+    # -- decoding -------------------------------------------------------------
+    def _decode_loop(self, image, noise, temperature, top_k, top_p, mask_bos):
+        encoded = self.encode(image, training=False)
+        n = ops.shape(encoded)[0]
+        heads = self.num_heads
+        head_dim = self.width // heads
+        enc_kv = [b.cross_attention.project_kv(encoded) for b in self.decoder_blocks]
+        cache_shape = (n, self.code_len, heads, head_dim)
+        caches = [
+            (ops.zeros(cache_shape, encoded.dtype), ops.zeros(cache_shape, encoded.dtype))
+            for _ in self.decoder_blocks
+        ]
+        posemb = self.decoder_posemb(ops.zeros((1, self.code_len, self.width), encoded.dtype))
+
+        def step(t, state):
+            prev, tokens, caches = state
+            x = self.token_embedding(prev[:, None])
+            x = x + ops.slice(posemb, (0, t, 0), (1, 1, self.width))
+            new_caches = []
+            for block, (ck, cv), (ek, ev) in zip(self.decoder_blocks, caches, enc_kv):
+                x, ck, cv = block.decode_step(x, t, ck, cv, ek, ev)
+                new_caches.append((ck, cv))
+            logits = self.logits_dense(self.decoder_norm(x))[:, 0]
+            step_noise = None if noise is None else ops.take(noise, t, axis=0)
+            nxt = select_tokens(logits, step_noise, temperature, top_k, top_p, mask_bos)
+            tokens = ops.slice_update(tokens, (0, t), nxt[:, None])
+            return nxt, tokens, new_caches
+
+        init = (
+            ops.zeros((n,), "int32") + BOS,
+            ops.zeros((n, self.code_len), "int32"),
+            caches,
+        )
+        _, tokens, _ = ops.fori_loop(0, self.code_len, step, init)
+        return tokens
+
+    def generate(self, images, num_samples=1, temperature=0.0, top_k=0, top_p=0.0,
+                 seed=None, mask_bos=True):
+        """Samples guiding codes for `images`.
+
+        Args:
+          images: (B, H, W, 3) in [-1, 1].
+          num_samples: codes per image.
+          temperature: 0 = argmax (greedy); > 0 samples from softmax(logits / T).
+          top_k: if > 0, sample among the k most likely tokens only.
+          top_p: if > 0, sample from the smallest set of tokens whose
+            probability mass reaches top_p (nucleus sampling).
+          seed: int for reproducible sampling.
+          mask_bos: never emit token 0 (see the class docstring).
+        Returns:
+          int32 codes in [0, dict_size): (B, code_len) when num_samples == 1,
+          else (B, num_samples, code_len).
+        """
+        _check_sampling(num_samples, temperature, top_k, top_p, self.vocab_size)
+        check_image(images, self.input_size)
+        images = ops.convert_to_tensor(images, self.compute_dtype)
+        batch = images.shape[0]
+        if num_samples > 1:
+            images = ops.repeat(images, num_samples, axis=0)
+        n = batch * num_samples
+        greedy = temperature == 0
+        noise = None
+        if not greedy:
+            noise = gumbel_noise((self.code_len, n, self.vocab_size), seed)
+        key = (greedy, float(temperature), int(top_k), float(top_p), bool(mask_bos))
+        if key not in self._generators:
+            self._generators[key] = compile_stateless(
+                self,
+                lambda img, nz: self._decode_loop(img, nz, temperature, top_k, top_p, mask_bos),
+            )
+        tokens = self._generators[key](images, noise)
+        codes = tokens - 1
+        if not mask_bos:  # big_vision: code -1 indexes the last codeword
+            codes = ops.where(codes < 0, self.dict_size - 1, codes)
+        if num_samples > 1:
+            codes = ops.reshape(codes, (batch, num_samples, self.code_len))
+        return codes
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "input_size": self.input_size,
+            "patch_size": self.patch_size,
+            "code_len": self.code_len,
+            "dict_size": self.dict_size,
+            "width": self.width,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "mlp_dim": self.mlp_dim,
+            "posemb": self.posemb,
+            "dropout": self.dropout,
+        }
+
+
+def _check_sampling(num_samples, temperature, top_k, top_p, vocab_size):
+    if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"num_samples={num_samples!r}; expected a positive int.")
+    if not np.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature={temperature!r}; expected a finite value >= 0.")
+    if not 0 <= top_k < vocab_size:
+        raise ValueError(f"top_k={top_k!r}; expected 0 (off) or 1..{vocab_size - 1}.")
+    if not 0 <= top_p <= 1:
+        raise ValueError(f"top_p={top_p!r}; expected 0 (off) or a value in (0, 1].")

@@ -1,0 +1,216 @@
+"""UViM stage I: oracle + vector quantizer + code dropout + base model."""
+
+import keras
+from keras import ops
+
+from uvim_keras.layers import CodeDropout, VectorQuantizer
+from uvim_keras.models.checks import check_codes, check_image, check_same_batch, pair
+from uvim_keras.models.oracle import BaseModel, Oracle
+from uvim_keras.tasks import UViMTask, get_task
+
+
+def resolve_task(task):
+    """A task object from a task, its name, or its serialized config."""
+    if isinstance(task, UViMTask):
+        return task
+    if isinstance(task, str):
+        return get_task(task)
+    if isinstance(task, dict):
+        return keras.saving.deserialize_keras_object(task)
+    raise ValueError(f"task={task!r}; expected a UViMTask, a task name or a task config.")
+
+
+def batch_parts(inputs, needs_labels=True):
+    """(image, labels) of a batch dict {"image", "labels"}."""
+    if not isinstance(inputs, dict) or "image" not in inputs:
+        raise ValueError(
+            "inputs must be a dict with keys 'image' and 'labels'; got "
+            f"{type(inputs).__name__} with keys {list(inputs) if isinstance(inputs, dict) else '-'}."
+        )
+    if needs_labels and "labels" not in inputs:
+        raise ValueError("inputs has no 'labels'; stage I needs the label (the oracle sees it).")
+    return inputs["image"], inputs.get("labels")
+
+
+@keras.saving.register_keras_serializable(package="uvim_keras")
+class UViMStage1(keras.Model):
+    """Stage I of UViM: learns the guiding code with a restricted oracle.
+
+    The oracle Ω sees the label (and, with `oracle_image_ctx`, the image) and
+    emits `code_len` vectors; the `VectorQuantizer` snaps them to a
+    `dict_size`-word EMA dictionary (the guiding code); `CodeDropout` zeroes a
+    random subset of code words in training; the base model f reconstructs the
+    label from the code and the image. Trained with `fit` on batches
+    `{"image": (B, H, W, 3) in [-1, 1], "labels": (B, H, W, ...)}`; the loss
+    is the task's reconstruction loss (+ commitment loss when
+    `commitment_weight` > 0). Logged metrics: `reconstruction_loss`,
+    `codebook_max_ratio`, `codebook_zeros_ratio`.
+
+    Defaults are the released UViM stage-I configs (ViT-B width, oracle depth
+    6, base depth 12, 256-word code from a 4096-word dictionary).
+
+    Example:
+    >>> model = UViMStage1(PanopticTask(num_classes=7, max_instances=5),
+    ...                    input_size=32, patch_size=8, code_len=16, dict_size=16,
+    ...                    codeword_dim=16, width=32, oracle_depth=1, base_depth=1,
+    ...                    num_heads=2, mlp_dim=64)
+    >>> model.compile(optimizer="adam")
+    >>> # model.fit(dataset_of_dicts)
+    >>> codes = model.encode({"image": images, "labels": labels})  # (B, 16) int32
+    """
+
+    def __init__(
+        self,
+        task,
+        input_size=512,
+        patch_size=16,
+        code_len=256,
+        dict_size=4096,
+        codeword_dim=768,
+        width=768,
+        oracle_depth=6,
+        base_depth=12,
+        num_heads=12,
+        mlp_dim=3072,
+        posemb="learn",
+        bottleneck_resize=True,
+        oracle_image_ctx=True,
+        base_image_ctx=True,
+        code_dropout="random",
+        dict_momentum=0.995,
+        min_count=0.1,
+        commitment_weight=0.0,
+        dropout=0.0,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.task = resolve_task(task)
+        self.input_size = pair(input_size, "input_size")
+        self.patch_size = pair(patch_size, "patch_size")
+        self.code_len = int(code_len)
+        self.dict_size = int(dict_size)
+        self.codeword_dim = int(codeword_dim)
+        self.width = int(width)
+        self.oracle_depth = int(oracle_depth)
+        self.base_depth = int(base_depth)
+        self.num_heads = int(num_heads)
+        self.mlp_dim = int(mlp_dim)
+        self.posemb = posemb
+        self.bottleneck_resize = bool(bottleneck_resize)
+        self.oracle_image_ctx = bool(oracle_image_ctx)
+        self.base_image_ctx = bool(base_image_ctx)
+        self.code_dropout_mode = code_dropout
+        self.dict_momentum = float(dict_momentum)
+        self.min_count = float(min_count)
+        self.commitment_weight = float(commitment_weight)
+        self.dropout = float(dropout)
+        self.seed = seed
+        common = dict(
+            input_size=self.input_size, patch_size=self.patch_size, code_len=self.code_len,
+            codeword_dim=self.codeword_dim, width=self.width, num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim, posemb=posemb, bottleneck_resize=self.bottleneck_resize,
+            dropout=self.dropout,
+        )
+        channels = self.task.label_channels
+        self.oracle = Oracle(
+            channels, depth=self.oracle_depth, with_image_ctx=self.oracle_image_ctx,
+            name="oracle", **common,
+        )
+        self.quantizer = VectorQuantizer(
+            self.dict_size, self.codeword_dim, momentum=self.dict_momentum,
+            min_count=self.min_count, commitment_weight=self.commitment_weight,
+            seed=seed, name="quantizer",
+        )
+        self.quantizer.build((None, self.code_len, self.codeword_dim))
+        self.code_dropout = CodeDropout(
+            code_dropout, seed=None if seed is None else seed + 1, name="code_dropout"
+        )
+        self.base_model = BaseModel(
+            channels, depth=self.base_depth, with_image_ctx=self.base_image_ctx,
+            name="base_model", **common,
+        )
+        self.reconstruction_loss_tracker = keras.metrics.Mean(name="reconstruction_loss")
+        self.max_ratio_tracker = keras.metrics.Mean(name="codebook_max_ratio")
+        self.zeros_ratio_tracker = keras.metrics.Mean(name="codebook_zeros_ratio")
+        self.built = True
+
+    # -- forward ------------------------------------------------------------
+    def _check(self, image, labels):
+        check_image(image, self.input_size)
+        if labels is not None:
+            self.task.check_labels(labels, self.input_size)
+            check_same_batch(image, labels, "image", "labels")
+
+    def call(self, inputs, training=None):
+        image, labels = batch_parts(inputs)
+        self._check(image, labels)
+        vq = self.quantizer(
+            self.oracle(self.task.encode_labels(labels), image=image, training=training),
+            training=training,
+        )
+        code = self.code_dropout(vq["quantized"], training=training)
+        logits = self.base_model(code, image=image, training=training)
+        return {"logits": logits, **vq}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        reconstruction = self.task.loss(x["labels"], y_pred["logits"])
+        loss = reconstruction
+        if self.losses:
+            loss = loss + ops.sum(self.losses)
+        self.reconstruction_loss_tracker.update_state(reconstruction)
+        self.max_ratio_tracker.update_state(y_pred["codebook_max_ratio"])
+        self.zeros_ratio_tracker.update_state(y_pred["codebook_zeros_ratio"])
+        return loss
+
+    # -- inference helpers ----------------------------------------------------
+    def encode(self, inputs):
+        """The oracle's guiding code (B, code_len) int32 for a labelled batch."""
+        image, labels = batch_parts(inputs)
+        self._check(image, labels)
+        z = self.oracle(self.task.encode_labels(labels), image=image, training=False)
+        return self.quantizer(z, training=False)["codes"]
+
+    def decode(self, codes, image=None):
+        """Base-model logits {key: (B, H, W, c)} for integer codes (B, code_len)."""
+        check_codes(codes, self.code_len, self.dict_size)
+        if image is not None:
+            check_image(image, self.input_size)
+            check_same_batch(image, codes, "image", "codes")
+        return self.base_model(codes, image=image, codewords=self.quantizer.codewords())
+
+    def predict_outputs(self, inputs):
+        """The task's outputs when decoding the oracle's own code."""
+        return self.task.predict_outputs(self(inputs, training=False)["logits"])
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "task": keras.saving.serialize_keras_object(self.task),
+            "input_size": self.input_size,
+            "patch_size": self.patch_size,
+            "code_len": self.code_len,
+            "dict_size": self.dict_size,
+            "codeword_dim": self.codeword_dim,
+            "width": self.width,
+            "oracle_depth": self.oracle_depth,
+            "base_depth": self.base_depth,
+            "num_heads": self.num_heads,
+            "mlp_dim": self.mlp_dim,
+            "posemb": self.posemb,
+            "bottleneck_resize": self.bottleneck_resize,
+            "oracle_image_ctx": self.oracle_image_ctx,
+            "base_image_ctx": self.base_image_ctx,
+            "code_dropout": self.code_dropout_mode,
+            "dict_momentum": self.dict_momentum,
+            "min_count": self.min_count,
+            "commitment_weight": self.commitment_weight,
+            "dropout": self.dropout,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["task"] = resolve_task(config["task"])
+        return cls(**config)

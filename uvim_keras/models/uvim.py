@@ -1,0 +1,151 @@
+"""UViM inference: guiding-code LM -> codewords -> base model -> task outputs."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from uvim_keras.backend import compile_stateless
+from uvim_keras.layers import VectorQuantizer
+from uvim_keras.models.checks import check_image
+from uvim_keras.models.lm import GuidingCodeLM
+from uvim_keras.models.oracle import BaseModel
+from uvim_keras.models.stage1 import resolve_task
+
+
+def _deserialize(obj, cls):
+    if isinstance(obj, dict):
+        obj = keras.saving.deserialize_keras_object(obj)
+    if not isinstance(obj, cls):
+        raise ValueError(f"expected a {cls.__name__}, got {type(obj).__name__}.")
+    return obj
+
+
+@keras.saving.register_keras_serializable(package="uvim_keras")
+class UViM(keras.Model):
+    """A complete UViM: the stage-II LM samples a guiding code z for the
+    image, the stage-I base model turns (image, z) into the task's output.
+
+    `predict(images)` returns the task's outputs for greedily decoded codes
+    (or sampled ones at the task's default temperature, e.g. T = 1 for
+    colorization); `sample(images, num_samples, temperature, seed)` returns
+    several outputs per image. Calling the model, `model(images)`, runs the
+    same greedy pipeline without compiling it separately.
+
+    Example:
+    >>> uvim = UViM.from_stage1(lm, stage1)       # trained stage II and stage I
+    >>> panoptic = uvim.predict(images)           # (B, H, W, 2) int32
+    >>> many = uvim.sample(images, num_samples=4, temperature=1.0, seed=0)
+    """
+
+    def __init__(self, lm, base_model, quantizer, task, temperature=None, **kwargs):
+        super().__init__(**kwargs)
+        self.lm = _deserialize(lm, GuidingCodeLM)
+        self.base_model = _deserialize(base_model, BaseModel)
+        self.quantizer = _deserialize(quantizer, VectorQuantizer)
+        self.task = resolve_task(task)
+        self.temperature = temperature
+        if not self.quantizer.built:
+            self.quantizer.build((None, self.base_model.code_len, self.quantizer.codeword_dim))
+        mismatches = [
+            (name, a, b)
+            for name, a, b in (
+                ("code_len", self.lm.code_len, self.base_model.code_len),
+                ("dict_size", self.lm.dict_size, self.quantizer.dict_size),
+                ("codeword_dim", self.quantizer.codeword_dim, self.base_model.codeword_dim),
+            )
+            if a != b
+        ]
+        if mismatches:
+            raise ValueError(
+                "the LM, quantizer and base model do not fit together: "
+                + "; ".join(f"{n} {a} != {b}" for n, a, b in mismatches)
+            )
+        if dict(self.task.label_channels) != dict(self.base_model.label_channels):
+            raise ValueError(
+                f"task {self.task!r} has label channels {self.task.label_channels}, but the "
+                f"base model outputs {self.base_model.label_channels}."
+            )
+        self.input_size = self.lm.input_size
+        self._decoders = {}
+        self.built = True
+
+    @classmethod
+    def from_stage1(cls, lm, stage1, temperature=None):
+        """Combines a trained `GuidingCodeLM` with a trained `UViMStage1`."""
+        return cls(lm, stage1.base_model, stage1.quantizer, stage1.task, temperature)
+
+    @property
+    def default_temperature(self):
+        if self.temperature is not None:
+            return float(self.temperature)
+        return float(self.task.default_temperature)
+
+    # -- pipeline -------------------------------------------------------------
+    def _base_image(self, images):
+        size = self.base_model.input_size
+        if tuple(images.shape[1:3]) == tuple(size):
+            return images
+        return ops.image.resize(images, size, interpolation="bilinear", antialias=True)
+
+    def decode_codes(self, codes, images):
+        """Task outputs for integer codes (B, code_len) and images (B, H, W, 3)."""
+        images = ops.convert_to_tensor(images, self.compute_dtype)
+        logits = self.base_model(
+            codes, image=self._base_image(images), codewords=self.quantizer.codewords()
+        )
+        return self.task.predict_outputs(logits)
+
+    def call(self, images, training=None):
+        check_image(images, self.input_size)
+        tokens = self.lm._decode_loop(images, None, 0.0, 0, 0.0, True)
+        return self.decode_codes(tokens - 1, images)
+
+    def _compiled_decode(self):
+        if "decode" not in self._decoders:
+            self._decoders["decode"] = compile_stateless(self, self.decode_codes)
+        return self._decoders["decode"]
+
+    def sample(self, images, num_samples=1, temperature=None, seed=None, top_k=0, top_p=0.0):
+        """`num_samples` outputs per image: (B, num_samples, ...) numpy."""
+        images = np.asarray(keras.ops.convert_to_numpy(images), "float32")
+        check_image(images, self.input_size)
+        temperature = self.default_temperature if temperature is None else temperature
+        codes = self.lm.generate(
+            images, num_samples=num_samples, temperature=temperature, top_k=top_k,
+            top_p=top_p, seed=seed,
+        )
+        codes = ops.reshape(codes, (-1, self.lm.code_len))
+        repeated = np.repeat(images, num_samples, axis=0)
+        out = keras.ops.convert_to_numpy(self._compiled_decode()(codes, repeated))
+        return out.reshape((images.shape[0], num_samples) + out.shape[1:])
+
+    def predict(self, x, batch_size=8, verbose="auto", temperature=None, seed=None, **kwargs):
+        """Task outputs for images (N, H, W, 3) in [-1, 1], batch by batch.
+
+        Greedy codes unless the task's default (or the given) temperature is
+        > 0. Returns numpy: panoptic (N, H, W, 2) int32, depth (N, H, W),
+        colorization (N, H, W, 3).
+        """
+        if kwargs:
+            raise ValueError(f"unsupported predict arguments: {sorted(kwargs)}.")
+        images = np.asarray(keras.ops.convert_to_numpy(x), "float32")
+        check_image(images, self.input_size)
+        outputs = []
+        progress = keras.utils.Progbar(len(images)) if verbose not in (0, False) else None
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            step_seed = None if seed is None else seed + start
+            outputs.append(self.sample(chunk, 1, temperature, step_seed)[:, 0])
+            if progress is not None:
+                progress.add(len(chunk))
+        return np.concatenate(outputs, axis=0)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "lm": keras.saving.serialize_keras_object(self.lm),
+            "base_model": keras.saving.serialize_keras_object(self.base_model),
+            "quantizer": keras.saving.serialize_keras_object(self.quantizer),
+            "task": keras.saving.serialize_keras_object(self.task),
+            "temperature": self.temperature,
+        }

@@ -1,0 +1,107 @@
+"""Panoptic segmentation: labels (H, W, 2) = [semantic class, instance id]."""
+
+import keras
+from keras import ops
+
+from uvim_keras.tasks.base import UViMTask
+
+
+def softmax_cross_entropy(one_hot, logits):
+    """Per-pixel softmax cross-entropy over the last axis (float32)."""
+    logits = ops.cast(logits, "float32")
+    return -ops.sum(one_hot * ops.log_softmax(logits, axis=-1), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="uvim_keras")
+class PanopticTask(UViMTask):
+    """COCO-style panoptic segmentation as UViM models it.
+
+    * labels: int (B, H, W, 2); channel 0 the semantic class in
+      [0, num_classes) (0 = void), channel 1 the instance id in
+      [0, max_instances);
+    * oracle input / base-model output: one-hot `semantics` and `instances`;
+    * loss: the sum of the two per-pixel softmax cross-entropies, averaged;
+    * output: each pixel's instance = argmax of the instance logits; each
+      instance's class = argmax over classes of the **sum of raw semantic
+      logits** over its pixels; instances whose pixel fraction is not above
+      `min_fraction` are removed (both channels 0). int32 (B, H, W, 2).
+
+    Example:
+    >>> task = PanopticTask(num_classes=134, max_instances=100, min_fraction=0.0)
+    """
+
+    name = "panoptic"
+    label_depth = 2
+    label_kind = "int"
+
+    def __init__(self, num_classes=134, max_instances=100, min_fraction=0.0):
+        if num_classes < 2 or max_instances < 1:
+            raise ValueError(
+                f"num_classes={num_classes}, max_instances={max_instances}; "
+                "expected num_classes >= 2 and max_instances >= 1."
+            )
+        self.num_classes = int(num_classes)
+        self.max_instances = int(max_instances)
+        self.min_fraction = float(min_fraction)
+
+    @property
+    def label_channels(self):
+        return {"semantics": self.num_classes, "instances": self.max_instances}
+
+    def check_label_values(self, labels):
+        for ch, key, limit in ((0, "semantic", self.num_classes),
+                               (1, "instance", self.max_instances)):
+            vals = labels[..., ch]
+            if vals.size and (vals.min() < 0 or vals.max() >= limit):
+                raise ValueError(
+                    f"labels[..., {ch}] ({key} ids) range over "
+                    f"[{vals.min()}, {vals.max()}]; expected ids in [0, {limit})."
+                )
+
+    def encode_labels(self, labels):
+        labels = ops.cast(labels, "int32")
+        return {
+            "semantics": ops.one_hot(labels[..., 0], self.num_classes),
+            "instances": ops.one_hot(labels[..., 1], self.max_instances),
+        }
+
+    def loss(self, labels, logits):
+        target = self.encode_labels(labels)
+        per_pixel = sum(
+            softmax_cross_entropy(target[k], logits[k]) for k in ("semantics", "instances")
+        )
+        return ops.mean(per_pixel)
+
+    def predict_outputs(self, logits, min_fraction=None):
+        min_fraction = self.min_fraction if min_fraction is None else min_fraction
+        return panoptic_from_logits(logits["semantics"], logits["instances"], min_fraction)
+
+    def get_config(self):
+        return {
+            "num_classes": self.num_classes,
+            "max_instances": self.max_instances,
+            "min_fraction": self.min_fraction,
+        }
+
+
+def panoptic_from_logits(semantics, instances, min_fraction=0.0):
+    """(B, H, W, K) semantic and (B, H, W, N) instance logits -> (B, H, W, 2).
+
+    Instance = argmax; class of an instance = argmax of its summed raw semantic
+    logits; instances covering a fraction <= `min_fraction` are zeroed.
+    """
+    n = instances.shape[-1]
+    ins = ops.cast(ops.argmax(instances, axis=-1), "int32")
+    masks = ops.one_hot(ins, n, dtype="float32")
+    votes = ops.einsum("bhwk,bhwn->bnk", ops.cast(semantics, "float32"), masks)
+    label = ops.cast(ops.argmax(votes, axis=-1), "int32")  # (B, N)
+    sem = ops.take_along_axis(label, ops.reshape(ins, (ops.shape(ins)[0], -1)), axis=1)
+    sem = ops.reshape(sem, ops.shape(ins))
+    pixels = ins.shape[1] * ins.shape[2]
+    fraction = ops.sum(masks, axis=(1, 2)) / float(pixels)  # (B, N)
+    big = ops.take_along_axis(
+        fraction > min_fraction, ops.reshape(ins, (ops.shape(ins)[0], -1)), axis=1
+    )
+    keep = ops.cast(ops.reshape(big, ops.shape(ins)), "int32")
+    return ops.stack([sem * keep, ins * keep], axis=-1)
+
