@@ -40,8 +40,8 @@ def params_file(io_path):
     return io_path.with_name(io_path.name.replace("_io.npz", "_params.npz"))
 
 
-@pytest.fixture(autouse=True)
-def _clear_keras_session():
+@pytest.fixture
+def clear_keras_session():
     import keras
 
     keras.utils.clear_session()

@@ -58,8 +58,6 @@ def stage1_from_big_vision_config(model_config, task=None, task_config=None, **k
     c = dict(model_config)
     if not c.get("quantize", True):
         raise ConversionError("quantize=False stage-I models are not supported.")
-    if c.get("zero_decoder_seq", False):
-        raise ConversionError("zero_decoder_seq=True (the no-code ablation) is not supported.")
     task = task or task_from_big_vision_config(c, task_config)
     patch = tuple(c.get("patch_size", (8, 8)))
     p = patch[0] * patch[1]
@@ -89,6 +87,7 @@ def stage1_from_big_vision_config(model_config, task=None, task_config=None, **k
         dict_momentum=c.get("dict_momentum", 0.995),
         min_count=c.get("min_count", 0.1),
         dropout=c.get("dropout", 0.0),
+        zero_code=c.get("zero_decoder_seq", False),
         **kwargs,
     )
 

@@ -46,6 +46,9 @@ class UViMStage1(keras.Model):
     `commitment_weight` > 0). Logged metrics: `reconstruction_loss`,
     `codebook_max_ratio`, `codebook_zeros_ratio`.
 
+    `zero_code=True` is the paper's "no oracle" ablation: the base model only
+    ever sees an all-zero code, i.e. it is a plain image-to-label ViT.
+
     Defaults are the released UViM stage-I configs (ViT-B width, oracle depth
     6, base depth 12, 256-word code from a 4096-word dictionary).
 
@@ -81,11 +84,13 @@ class UViMStage1(keras.Model):
         min_count=0.1,
         commitment_weight=0.0,
         dropout=0.0,
+        zero_code=False,
         seed=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.task = resolve_task(task)
+        self.zero_code = bool(zero_code)
         self.input_size = pair(input_size, "input_size")
         self.patch_size = pair(patch_size, "patch_size")
         self.code_len = int(code_len)
@@ -150,6 +155,8 @@ class UViMStage1(keras.Model):
             training=training,
         )
         code = self.code_dropout(vq["quantized"], training=training)
+        if self.zero_code:
+            code = ops.zeros_like(code)
         logits = self.base_model(code, image=image, training=training)
         return {"logits": logits, **vq}
 
@@ -206,6 +213,7 @@ class UViMStage1(keras.Model):
             "min_count": self.min_count,
             "commitment_weight": self.commitment_weight,
             "dropout": self.dropout,
+            "zero_code": self.zero_code,
             "seed": self.seed,
         }
 
