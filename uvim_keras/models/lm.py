@@ -191,7 +191,8 @@ class GuidingCodeLM(keras.Model):
         Args:
           images: (B, H, W, 3) in [-1, 1].
           num_samples: codes per image.
-          temperature: 0 = argmax (greedy); > 0 samples from softmax(logits / T).
+          temperature: 0 = argmax (greedy; top_k and top_p then have no
+            effect); > 0 samples from softmax(logits / T).
           top_k: if > 0, sample among the k most likely tokens only.
           top_p: if > 0, sample from the smallest set of tokens whose
             probability mass reaches top_p (nucleus sampling).
@@ -247,7 +248,7 @@ def _check_sampling(num_samples, temperature, top_k, top_p, vocab_size):
         raise ValueError(f"num_samples={num_samples!r}; expected a positive int.")
     if not np.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature={temperature!r}; expected a finite value >= 0.")
-    if not 0 <= top_k < vocab_size:
+    if not isinstance(top_k, (int, np.integer)) or not 0 <= top_k < vocab_size:
         raise ValueError(f"top_k={top_k!r}; expected 0 (off) or 1..{vocab_size - 1}.")
     if not 0 <= top_p <= 1:
         raise ValueError(f"top_p={top_p!r}; expected 0 (off) or a value in (0, 1].")
