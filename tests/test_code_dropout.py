@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import to_numpy
+from common import to_numpy
 
 pytestmark = pytest.mark.multibackend
 

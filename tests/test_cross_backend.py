@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from common import REPO
 
 SCRIPT = REPO / "tests" / "_cross_backend.py"
 

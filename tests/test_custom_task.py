@@ -5,7 +5,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from conftest import REPO, to_numpy
+from common import REPO, to_numpy
 from helpers import TINY, panoptic_batch
 
 pytestmark = pytest.mark.multibackend

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from common import REPO
 
 
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "jax") != "jax", reason="JAX distribution")

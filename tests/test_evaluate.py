@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import to_numpy
+from common import to_numpy
 from helpers import panoptic_batch, tiny_lm, tiny_stage1
 
 CATEGORIES = [{"id": i, "name": f"c{i}", "isthing": int(i >= 3)} for i in range(1, 5)]

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from common import REPO
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("KERAS_BACKEND", "jax") != "jax", reason="JAX distribution"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import to_numpy
+from common import to_numpy
 from helpers import TINY, panoptic_batch, tiny_lm, tiny_stage1
 
 pytestmark = pytest.mark.multibackend

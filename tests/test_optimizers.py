@@ -30,7 +30,7 @@ import pathlib
 
 import numpy as np
 import pytest
-from conftest import to_numpy
+from common import to_numpy
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "adafactor_reference.npz"
 RTOL = 1e-6  # parameters: of the step's update

@@ -7,7 +7,7 @@ is checked with the model config stored in its `meta/config_json`.
 import numpy as np
 import pytest
 
-from conftest import big_vision_io_files, load_io, params_file, to_numpy
+from common import big_vision_io_files, load_io, params_file, to_numpy
 
 pytestmark = pytest.mark.multibackend
 

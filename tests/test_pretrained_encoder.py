@@ -9,7 +9,7 @@ layouts of big_vision ViTs (`params/` prefix, linen names), AugReg files
 import numpy as np
 import pytest
 
-from conftest import to_numpy
+from common import to_numpy
 from helpers import tiny_lm
 
 pytestmark = pytest.mark.multibackend

@@ -3,7 +3,7 @@ top-p, the BOS token and argument checks, checked against teacher forcing."""
 
 import numpy as np
 import pytest
-from conftest import to_numpy
+from common import to_numpy
 
 pytestmark = pytest.mark.multibackend
 

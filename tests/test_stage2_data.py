@@ -7,7 +7,7 @@ tf = pytest.importorskip("tensorflow")
 
 import keras  # noqa: E402
 
-from conftest import to_numpy  # noqa: E402
+from common import to_numpy  # noqa: E402
 from helpers import panoptic_batch, tiny_lm, tiny_stage1  # noqa: E402
 from uvim_keras.data.stage2 import (  # noqa: E402
     Stage2Model, load_code_shards, oracle_codes, oracle_inputs, precompute_codes)

@@ -6,7 +6,7 @@ has `train/*` entries; "light" files (no train entries) are skipped.
 
 import numpy as np
 import pytest
-from conftest import big_vision_io_files, load_io, to_numpy
+from common import big_vision_io_files, load_io, to_numpy
 
 IO_FILES = big_vision_io_files("stageI_*_io.npz")
 TOL = 1e-5

@@ -15,5 +15,6 @@ if "keras" not in _sys.modules:
 from uvim_keras import layers, tasks
 from uvim_keras.models import BaseModel, GuidingCodeLM, Oracle, UViM, UViMStage1
 from uvim_keras.tasks import ColorizationTask, DepthTask, PanopticTask, UViMTask
+from uvim_keras.presets import upload_preset  # keras-hub is imported only when used
 
 __version__ = "0.1.0"

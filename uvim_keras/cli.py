@@ -17,9 +17,18 @@ def _demo(args):
              verbose=0 if args.quiet else 1)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors reported on one line (exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="uvim-keras", description="UViM on Keras 3.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from uvim_keras.cli_presets import add_subcommands
+
+    parser = _Parser(prog="uvim-keras", description="UViM on Keras 3.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     demo = sub.add_parser(
         "demo", help="train and evaluate a two-stage UViM on synthetic data (CPU, minutes)"
     )
@@ -30,16 +39,19 @@ def build_parser():
     demo.add_argument("--out", default="uvim_demo", help="output folder (default: uvim_demo)")
     demo.add_argument("--quiet", action="store_true", help="no progress output")
     demo.set_defaults(func=_demo)
+    add_subcommands(sub)
     return parser
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    from uvim_keras.cli_presets import one_line
+
     try:
         args.func(args)
-    except (ValueError, OSError) as e:
-        print(f"uvim-keras {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, ImportError) as e:
+        print(f"uvim-keras {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"uvim-keras {args.command}: interrupted", file=sys.stderr)

@@ -26,13 +26,3 @@ def pq_categories(fixtures_root):
     with open(fixtures_root / "pq" / "categories.json") as f:
         return json.load(f)
 
-
-@pytest.fixture(autouse=True)
-def _clear_keras_session():
-    """Overrides tests/conftest.py's per-test ``keras.utils.clear_session()``.
-
-    The metrics are host-side numpy and build no layers (the two tests that
-    build a model clear the session themselves), so the ~0.5 s per test that
-    clearing costs is skipped here.
-    """
-    yield

@@ -9,6 +9,16 @@ from uvim_keras.models.oracle import BaseModel, Oracle
 from uvim_keras.tasks import UViMTask, get_task
 
 
+class classproperty:
+    """A read-only property of the class (as keras-hub's `cls.presets`)."""
+
+    def __init__(self, fget):
+        self.fget = fget
+
+    def __get__(self, obj, owner):
+        return self.fget(owner)
+
+
 def resolve_task(task):
     """A task object from a task, its name, or its serialized config."""
     if isinstance(task, UViMTask):
@@ -189,6 +199,41 @@ class UViMStage1(keras.Model):
     def predict_outputs(self, inputs):
         """The task's outputs when decoding the oracle's own code."""
         return self.task.predict_outputs(self(inputs, training=False)["logits"])
+
+    # -- presets (keras-hub layout; keras-hub is imported only here) ---------------
+    @classproperty
+    def presets(cls):
+        """Named presets that load as a stage-I model: {name: description}.
+
+        Every named preset qualifies: a complete UViM preset holds its
+        stage-I model as the keras-hub backbone."""
+        from uvim_keras.presets.registry import named_presets
+
+        return named_presets()
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """The stage-I model of a preset.
+
+        `preset` is a named preset (`UViMStage1.presets`, e.g.
+        "panoptic_coco_stage1": downloaded from big_vision, converted and
+        cached on first use), a local preset directory, `hf://org/name`,
+        `kaggle://...` or any handle keras-hub understands. Complete UViM
+        presets work too (their backbone is the stage-I model). `kwargs`:
+        `dtype`, `progress` (download progress bar, default True).
+        """
+        from uvim_keras.presets.api import load_stage1
+
+        return load_stage1(preset, load_weights=load_weights, **kwargs)
+
+    def save_to_preset(self, preset_dir, max_shard_size=10, **card):
+        """Writes keras-hub's preset layout (`config.json` + `model.weights.h5`
+        of the stage-I backbone, EMA dictionary included, `metadata.json`)
+        and a model card `README.md`. `card` (optional): `description`,
+        `metrics` (dict), `dataset`."""
+        from uvim_keras.presets.api import save_stage1
+
+        return save_stage1(self, preset_dir, max_shard_size=max_shard_size, **card)
 
     def get_config(self):
         return {

@@ -9,7 +9,7 @@ from uvim_keras.layers import VectorQuantizer
 from uvim_keras.models.checks import check_image
 from uvim_keras.models.lm import GuidingCodeLM
 from uvim_keras.models.oracle import BaseModel
-from uvim_keras.models.stage1 import resolve_task
+from uvim_keras.models.stage1 import UViMStage1, classproperty, resolve_task
 
 
 def _deserialize(obj, cls):
@@ -31,15 +31,42 @@ class UViM(keras.Model):
     several outputs per image. Calling the model, `model(images)`, runs the
     same greedy pipeline without compiling it separately.
 
+    Build it from a trained LM and stage-I model (`from_stage1`, which keeps
+    the whole stage-I model as `uvim.stage1`), from a preset (`from_preset`:
+    the released big_vision models by name, preset folders, `hf://...`), or
+    from parts `UViM(lm, base_model, quantizer, task)` (such a UViM has no
+    oracle and cannot be saved as a preset).
+
     Example:
+    >>> uvim = UViM.from_preset("panoptic_coco")  # big_vision's release, cached
     >>> uvim = UViM.from_stage1(lm, stage1)       # trained stage II and stage I
     >>> panoptic = uvim.predict(images)           # (B, H, W, 2) int32
     >>> many = uvim.sample(images, num_samples=4, temperature=1.0, seed=0)
     """
 
-    def __init__(self, lm, base_model, quantizer, task, temperature=None, **kwargs):
+    def __init__(self, lm, base_model=None, quantizer=None, task=None, temperature=None,
+                 stage1=None, **kwargs):
         super().__init__(**kwargs)
         self.lm = _deserialize(lm, GuidingCodeLM)
+        self.stage1 = None if stage1 is None else _deserialize(stage1, UViMStage1)
+        if self.stage1 is not None:
+            # The stage-I model's own parts (kept whole so the oracle, and
+            # with it the complete model, survives saving and presets).
+            parts = {"base_model": base_model, "quantizer": quantizer}
+            given = [k for k, v in parts.items() if v is not None and v is not getattr(self.stage1, k)]
+            if given:
+                raise ValueError(
+                    f"pass either stage1 or {' and '.join(given)}, not both: the base model "
+                    "and quantizer of a UViM built from a stage-I model are that model's."
+                )
+            base_model, quantizer = self.stage1.base_model, self.stage1.quantizer
+            task = self.stage1.task if task is None else task
+        missing = [k for k, v in (("base_model", base_model), ("quantizer", quantizer),
+                                  ("task", task)) if v is None]
+        if missing:
+            raise ValueError(
+                f"UViM needs {', '.join(missing)} (or a stage-I model: UViM.from_stage1(lm, stage1))."
+            )
         self.base_model = _deserialize(base_model, BaseModel)
         self.quantizer = _deserialize(quantizer, VectorQuantizer)
         self.task = resolve_task(task)
@@ -70,9 +97,47 @@ class UViM(keras.Model):
         self.built = True
 
     @classmethod
-    def from_stage1(cls, lm, stage1, temperature=None):
-        """Combines a trained `GuidingCodeLM` with a trained `UViMStage1`."""
-        return cls(lm, stage1.base_model, stage1.quantizer, stage1.task, temperature)
+    def from_stage1(cls, lm, stage1, temperature=None, **kwargs):
+        """Combines a trained `GuidingCodeLM` with a trained `UViMStage1`.
+
+        The stage-I model is kept whole (`uvim.stage1`, oracle included), so
+        the result saves (`.keras`, `save_to_preset`) as a complete UViM.
+        """
+        return cls(lm, temperature=temperature, stage1=stage1, **kwargs)
+
+    # -- presets (keras-hub layout; keras-hub is imported only here) ---------------
+    @classproperty
+    def presets(cls):
+        """Named presets that load as a complete UViM: {name: description}."""
+        from uvim_keras.presets.registry import named_presets
+
+        return named_presets(kind="uvim")
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """A complete UViM from a preset.
+
+        `preset` is a named preset (`UViM.presets`: e.g. "panoptic_coco",
+        downloaded from big_vision, converted and cached on first use), a
+        local preset directory, `hf://org/name`, `kaggle://org/model/keras/
+        variant` or any other handle keras-hub understands. The preset must
+        hold a stage-II LM (task.json); stage-I presets load with
+        `UViMStage1.from_preset`. `kwargs`: `dtype`, `progress` (download
+        progress bar, default True).
+        """
+        from uvim_keras.presets.api import load_uvim
+
+        return load_uvim(preset, load_weights=load_weights, **kwargs)
+
+    def save_to_preset(self, preset_dir, max_shard_size=10, **card):
+        """Writes keras-hub's preset layout: the stage-I backbone
+        (`config.json`, `model.weights.h5`), the LM in `task.json` /
+        `task.weights.h5`, `metadata.json`, and a model card `README.md`.
+        `card` (optional): `description`, `metrics` (dict), `dataset`.
+        Needs the stage-I model (build with `UViM.from_stage1`)."""
+        from uvim_keras.presets.api import save_uvim
+
+        return save_uvim(self, preset_dir, max_shard_size=max_shard_size, **card)
 
     @property
     def default_temperature(self):
@@ -141,6 +206,14 @@ class UViM(keras.Model):
         return np.concatenate(outputs, axis=0)
 
     def get_config(self):
+        if self.stage1 is not None:
+            return {
+                **super().get_config(),
+                "lm": keras.saving.serialize_keras_object(self.lm),
+                "stage1": keras.saving.serialize_keras_object(self.stage1),
+                "task": keras.saving.serialize_keras_object(self.task),
+                "temperature": self.temperature,
+            }
         return {
             **super().get_config(),
             "lm": keras.saving.serialize_keras_object(self.lm),

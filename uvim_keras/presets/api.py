@@ -1,0 +1,264 @@
+"""Loading and saving UViM presets (keras-hub is imported only inside).
+
+A preset handle is one of
+
+* a named preset (`uvim_keras.presets.PRESETS`, e.g. "panoptic_coco"): on
+  first use its big_vision checkpoints are downloaded into the Keras cache,
+  converted and saved as a keras-hub preset folder in the cache; later uses
+  load that folder without any network request;
+* a local preset folder (written by `save_to_preset` or `uvim-keras convert`;
+  write `./name` for a folder named like a named preset);
+* `hf://org/name`, `kaggle://org/model/keras/variant`, `gs://...`: handled by
+  keras-hub (and huggingface_hub / kagglehub, with their own caches).
+"""
+
+import json
+import os
+
+from uvim_keras.presets import cache, registry
+from uvim_keras.presets.cache import DownloadError
+
+
+class PresetError(ValueError):
+    """A preset handle that cannot be used the way it was asked for."""
+
+
+# -- handles ----------------------------------------------------------------------
+def _unknown(preset):
+    names = ", ".join(registry.PRESETS)
+    return PresetError(
+        f"unknown preset {preset!r}: expected a named preset ({names}), a local preset "
+        "folder, hf://org/name or kaggle://org/model/keras/variant."
+    )
+
+
+def is_remote(preset):
+    return "://" in preset
+
+
+def resolve(preset, want, load_weights=True, progress=True):
+    """(handle, spec): a handle keras-hub can load, and the named preset's
+    spec (None for other handles). `want` is "uvim" or "stage1". With
+    `load_weights=False` a named preset that is not cached gives handle None
+    (build it from its configs; nothing is downloaded)."""
+    if not isinstance(preset, (str, os.PathLike)):
+        raise PresetError(f"preset must be a string or path, got {type(preset).__name__}.")
+    preset = os.fspath(preset)
+    spec = registry.get_preset(preset)
+    if spec is not None:  # names win over same-named folders (as in keras-hub): use ./name
+        if want == "uvim":
+            if spec.kind != "uvim":
+                full = registry.complete_sibling(spec)
+                hint = f" (the complete model is {full.name!r})" if full else ""
+                raise PresetError(
+                    f"{preset!r} is a stage-I preset: it has no stage-II LM{hint}. "
+                    "Load it with UViMStage1.from_preset."
+                )
+            path = cache.cached_preset(spec.name)
+            if path is None and load_weights:
+                path = install(spec, progress=progress)
+            return path, spec
+        # A stage-I model: any cached preset with this stage-I checkpoint will do.
+        for candidate in (spec, registry.stage1_sibling(spec), registry.complete_sibling(spec)):
+            if candidate is not None and cache.cached_preset(candidate.name):
+                return cache.cached_preset(candidate.name), spec
+        if not load_weights:
+            return None, spec
+        target = spec if spec.kind == "stage1" else (registry.stage1_sibling(spec) or spec)
+        return install(target, progress=progress), spec
+    if os.path.isdir(preset):
+        if not os.path.isfile(os.path.join(preset, "config.json")):
+            raise PresetError(
+                f"{preset} is a folder but not a preset (no config.json). Presets are written "
+                "by save_to_preset or `uvim-keras convert`."
+            )
+        return preset, None
+    if is_remote(preset):
+        return preset, None
+    if os.path.exists(preset):
+        raise PresetError(
+            f"{preset} is a file, not a preset folder; big_vision .npz checkpoints are "
+            "converted with `uvim-keras convert --task TASK --stage1 A.npz [--stage2 B.npz] -o DIR`."
+        )
+    raise _unknown(preset)
+
+
+def _has_task_json(handle):
+    if os.path.isdir(handle):
+        return os.path.isfile(os.path.join(handle, "task.json"))
+    from keras_hub.src.utils.preset_utils import check_file_exists
+
+    return check_file_exists(handle, "task.json")
+
+
+# -- first use of a named preset ----------------------------------------------------
+def _manual_steps(spec):
+    files = [os.path.basename(u) for u in spec.urls]
+    fetch = "; ".join(f"curl -fLo {f} {u}" for f, u in zip(files, spec.urls))
+    args = f"--stage1 {files[0]}" + (f" --stage2 {files[1]}" if len(files) > 1 else "")
+    return (
+        f"fetch the file{'s' if len(files) > 1 else ''} by hand ({fetch}) and run "
+        f"`uvim-keras convert --preset {spec.name} {args}`, which installs it into the cache "
+        f"({cache.preset_cache_path(spec.name)})"
+    )
+
+
+def install(spec, progress=True):
+    """Downloads, converts and caches a named preset; returns its folder."""
+    from uvim_keras.presets import conversion
+
+    path = cache.cached_preset(spec.name)
+    if path:
+        return path
+    stage1_preset = None
+    if spec.kind == "uvim":
+        sibling = registry.stage1_sibling(spec)
+        if sibling is not None and cache.cached_preset(sibling.name):
+            stage1_preset = cache.cached_preset(sibling.name)
+    urls = spec.urls if stage1_preset is None else [spec.stage2_url]
+    files = {}
+    for url in urls:
+        try:
+            files[url] = cache.download(url, progress=progress)
+        except DownloadError as e:
+            raise DownloadError(
+                f"could not download preset {spec.name!r}: {e} To install it without this "
+                f"download, {_manual_steps(spec)}."
+            ) from e
+    stage1_file = files.get(spec.stage1_url)
+    stage2_file = files.get(spec.stage2_url) if spec.stage2_url else None
+    try:
+        out = conversion.convert_to_preset(
+            cache.preset_cache_path(spec.name), spec.task, stage1_file, spec.stage1_config,
+            stage2_path=stage2_file, lm_config=spec.lm_config, task_config=spec.task_config,
+            temperature=spec.temperature, info=spec.card_info(), stage1_preset=stage1_preset,
+            overwrite="keep",
+        )
+    except conversion.convert.ConversionError as e:
+        # A file that does not convert must not be trusted by the next try.
+        for f in files.values():
+            _remove(f)
+        raise type(e)(
+            f"preset {spec.name!r}: the downloaded checkpoint does not match the preset's "
+            f"{spec.task} configs (removed from the cache; the next use downloads it again): {e}"
+        ) from e
+    if os.environ.get("UVIM_KERAS_KEEP_DOWNLOADS", "") in ("", "0"):
+        for f in files.values():
+            _remove(f)
+    return out
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+# -- loading ----------------------------------------------------------------------
+def _import_hub():
+    try:
+        from uvim_keras.presets import hub
+    except ImportError as e:
+        raise ImportError(
+            "UViM presets need keras-hub (and huggingface-hub for hf:// handles): "
+            "pip install 'uvim-keras[hub]'."
+        ) from e
+    return hub
+
+
+def load_uvim(preset, load_weights=True, dtype=None, progress=True):
+    """`UViM.from_preset`."""
+    from uvim_keras.models.uvim import UViM
+
+    handle, spec = resolve(preset, "uvim", load_weights, progress)
+    if handle is None:  # named preset, no weights wanted
+        from uvim_keras.presets.conversion import build_models
+
+        stage1, lm = build_models(spec.stage1_config, spec.lm_config, spec.task_config)
+        return UViM.from_stage1(lm, stage1, spec.temperature)
+    hub = _import_hub()
+    if not _has_task_json(handle):
+        raise PresetError(
+            f"{preset} is a stage-I preset (no task.json with a stage-II LM); "
+            "load it with UViMStage1.from_preset."
+        )
+    task = hub.UViMStage2Task.from_preset(handle, load_weights=load_weights, dtype=dtype)
+    return task.to_uvim()
+
+
+def load_stage1(preset, load_weights=True, dtype=None, progress=True):
+    """`UViMStage1.from_preset`."""
+    handle, spec = resolve(preset, "stage1", load_weights, progress)
+    if handle is None:
+        from uvim_keras.presets.conversion import build_models
+
+        return build_models(spec.stage1_config, None, spec.task_config)[0]
+    hub = _import_hub()
+    backbone = hub.UViMStage1Backbone.from_preset(handle, load_weights=load_weights, dtype=dtype)
+    return backbone.stage1
+
+
+def preset_info(handle):
+    """The `uvim_preset.json` of a local preset folder ({} if none)."""
+    path = os.path.join(handle, cache.PRESET_MARKER)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+# -- saving -----------------------------------------------------------------------
+def _card_info(model, kind, info, card):
+    from uvim_keras.presets.conversion import task_name
+
+    info = dict(info or {})
+    info.update({k: v for k, v in card.items() if v is not None})
+    unknown = set(card) - {"description", "metrics", "dataset", "name", "metrics_note", "license"}
+    if unknown:
+        raise TypeError(f"unexpected model card fields: {sorted(unknown)}.")
+    info.setdefault("task", task_name(model.task))
+    info["kind"] = kind
+    info.setdefault("metrics", {})
+    if kind == "uvim":
+        info["temperature"] = model.default_temperature
+    return info
+
+
+def _finish(preset_dir, info, model_config):
+    from uvim_keras.presets.model_card import write_model_card
+
+    with open(os.path.join(preset_dir, cache.PRESET_MARKER), "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2, sort_keys=True)
+    write_model_card(preset_dir, info, model_config)
+    return preset_dir
+
+
+def save_stage1(stage1, preset_dir, max_shard_size=10, info=None, **card):
+    """`UViMStage1.save_to_preset`."""
+    hub = _import_hub()
+    info = _card_info(stage1, "stage1", info, card)
+    hub.UViMStage1Backbone.from_stage1(stage1).save_to_preset(
+        os.fspath(preset_dir), max_shard_size=max_shard_size
+    )
+    return _finish(preset_dir, info, {"stage1": hub.stage1_arch_config(stage1)})
+
+
+def save_uvim(uvim, preset_dir, max_shard_size=10, info=None, **card):
+    """`UViM.save_to_preset`."""
+    if uvim.stage1 is None:
+        raise PresetError(
+            "this UViM was built from a base model and quantizer only; a preset holds the whole "
+            "stage-I model (oracle included). Build it with UViM.from_stage1(lm, stage1)."
+        )
+    hub = _import_hub()
+    info = _card_info(uvim, "uvim", info, card)
+    backbone = hub.UViMStage1Backbone.from_stage1(uvim.stage1)
+    task = hub.UViMStage2Task(backbone, uvim.lm, temperature=uvim.temperature)
+    task.save_to_preset(os.fspath(preset_dir), max_shard_size=max_shard_size)
+    config = {"stage1": hub.stage1_arch_config(uvim.stage1), "lm": _lm_config(uvim.lm)}
+    return _finish(preset_dir, info, config)
+
+
+def _lm_config(lm):
+    return {k: v for k, v in lm.get_config().items() if k not in ("name", "trainable", "dtype")}

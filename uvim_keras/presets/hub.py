@@ -1,0 +1,136 @@
+"""keras-hub classes behind UViM presets (this module imports keras-hub).
+
+* `UViMStage1Backbone` (`keras_hub.models.Backbone`): the stage-I network:
+  restricted oracle + vector quantizer (EMA dictionary and counts, saved as
+  weights) + base model, i.e. a whole `UViMStage1`. Its config is the
+  `UViMStage1` config (`config.json`), its weights `model.weights.h5`.
+* `UViMStage2Task` (`keras_hub.models.Task`): the guiding-code LM on top of
+  that backbone, i.e. a complete UViM. The LM's config is in `task.json`,
+  its weights in `task.weights.h5`.
+
+So a complete preset also is a stage-I preset (keras-hub loads the backbone
+alone from it), and both load through keras-hub's own preset machinery:
+local folders, `hf://`, `kaggle://`, `gs://` ... The classes are registered
+with Keras under the package "uvim_keras"; import `uvim_keras.presets.hub`
+before calling `keras_hub.models.Backbone.from_preset` on a UViM preset
+directly (`UViM.from_preset` / `UViMStage1.from_preset` do it for you).
+"""
+
+import keras
+import keras_hub
+
+from uvim_keras.models.lm import GuidingCodeLM
+from uvim_keras.models.stage1 import UViMStage1
+from uvim_keras.models.uvim import UViM
+
+_KERAS_MODEL_KEYS = ("name", "trainable", "dtype")
+
+
+def stage1_arch_config(stage1):
+    """The `UViMStage1` config without Keras's per-instance keys."""
+    return {k: v for k, v in stage1.get_config().items() if k not in _KERAS_MODEL_KEYS}
+
+
+@keras.saving.register_keras_serializable(package="uvim_keras")
+class UViMStage1Backbone(keras_hub.models.Backbone):
+    """keras-hub backbone holding a UViM stage-I model (`self.stage1`).
+
+    Takes the `UViMStage1` arguments (task, input_size, ..., seed). Built at
+    the end of `__init__`, so keras-hub can load weights into it right away;
+    the quantizer's EMA `dictionary` and `counts` are weights and round-trip.
+    Calling it runs the stage-I model (`{"image", "labels"}` -> logits,
+    codes, ...).
+
+    Example:
+    >>> backbone = UViMStage1Backbone.from_stage1(stage1)
+    >>> backbone.save_to_preset("my_preset")
+    >>> keras_hub.models.Backbone.from_preset("my_preset").stage1
+    """
+
+    def __init__(self, task, dtype=None, name=None, trainable=True, **stage1_kwargs):
+        model = stage1_kwargs.pop("_stage1", None)
+        super().__init__(dtype=dtype, name=name, trainable=trainable)
+        if model is None:
+            model = UViMStage1(task, dtype=self.dtype_policy, name="stage1", **stage1_kwargs)
+        self.stage1 = model
+        self.built = True
+
+    @classmethod
+    def from_stage1(cls, stage1, name=None):
+        """Wraps an existing `UViMStage1` (weights shared, not copied)."""
+        if not isinstance(stage1, UViMStage1):
+            raise TypeError(f"expected a UViMStage1, got {type(stage1).__name__}.")
+        return cls(dtype=stage1.dtype_policy, name=name, _stage1=stage1,
+                   **stage1_arch_config(stage1))
+
+    # Convenient views of the parts.
+    @property
+    def task(self):
+        return self.stage1.task
+
+    @property
+    def oracle(self):
+        return self.stage1.oracle
+
+    @property
+    def quantizer(self):
+        return self.stage1.quantizer
+
+    @property
+    def base_model(self):
+        return self.stage1.base_model
+
+    def call(self, inputs, training=None):
+        return self.stage1(inputs, training=training)
+
+    def get_config(self):
+        return {**super().get_config(), **stage1_arch_config(self.stage1)}
+
+
+@keras.saving.register_keras_serializable(package="uvim_keras")
+class UViMStage2Task(keras_hub.models.Task):
+    """keras-hub task: the stage-II guiding-code LM on a stage-I backbone.
+
+    `lm` is a `GuidingCodeLM` (or its config); `temperature` the default
+    sampling temperature (None: the task's). `to_uvim()` gives the
+    `UViM` (sharing all weights); calling the task runs its greedy pipeline.
+    """
+
+    backbone_cls = UViMStage1Backbone
+    preprocessor_cls = None
+
+    def __init__(self, backbone, lm, temperature=None, preprocessor=None, name=None, **kwargs):
+        kwargs.pop("compile", None)
+        super().__init__(name=name, compile=False, **kwargs)
+        if isinstance(backbone, dict):
+            backbone = keras.saving.deserialize_keras_object(backbone)
+        if isinstance(lm, dict):
+            lm = keras.saving.deserialize_keras_object(lm)
+        if not isinstance(lm, GuidingCodeLM):
+            raise TypeError(f"lm must be a GuidingCodeLM, got {type(lm).__name__}.")
+        self.backbone = backbone
+        self.preprocessor = None
+        self.lm = lm
+        self.temperature = temperature
+        self.dtype_policy = backbone.dtype_policy
+        UViM.from_stage1(lm, backbone.stage1, temperature)  # checks that the parts fit
+        self.built = True
+
+    def to_uvim(self):
+        """The complete `UViM` (shares the LM and stage-I weights)."""
+        return UViM.from_stage1(self.lm, self.backbone.stage1, self.temperature)
+
+    def call(self, images, training=None):
+        return self.to_uvim()(images)
+
+    def get_config(self):
+        return {
+            "backbone": keras.layers.serialize(self.backbone),
+            "lm": keras.layers.serialize(self.lm),
+            "temperature": self.temperature,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
