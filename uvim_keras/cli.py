@@ -10,11 +10,19 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def _demo(args):
-    from uvim_keras.demo import run_demo
+_DEMO_OVERRIDES = ("size", "train_examples", "eval_examples", "stage1_epochs", "stage2_epochs",
+                   "batch_size")
 
+
+def _demo(args):
+    import dataclasses
+
+    from uvim_keras.demo import DEFAULT_CONFIG, run_demo
+
+    config = DEFAULT_CONFIG.quick() if args.quick else DEFAULT_CONFIG
+    overrides = {k: getattr(args, k) for k in _DEMO_OVERRIDES if getattr(args, k) is not None}
     run_demo(task=args.task, out=args.out, seed=args.seed, quick=args.quick,
-             verbose=0 if args.quiet else 1)
+             config=dataclasses.replace(config, **overrides), verbose=0 if args.quiet else 1)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +46,9 @@ def build_parser():
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="uvim_demo", help="output folder (default: uvim_demo)")
     demo.add_argument("--quiet", action="store_true", help="no progress output")
+    for name in _DEMO_OVERRIDES:
+        demo.add_argument("--" + name.replace("_", "-"), type=int, default=None,
+                          help=f"override the recipe's {name}")
     demo.set_defaults(func=_demo)
     add_subcommands(sub)
     return parser

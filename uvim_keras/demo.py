@@ -34,7 +34,10 @@ class DemoConfig:
     resize is the identity) from a 64-word dictionary lets the oracle carry
     the instance layout; with a 16-word code the oracle was barely better
     than no code at all, and with 3000 instead of 4000 training images the LM
-    did not learn to predict the code.
+    did not learn to predict the code. Width 96 with a 1-block oracle and a
+    2-block base model gave the same ordering (UViM about 10 PQ above no code,
+    the oracle about 13 above UViM) at a third of the compute of width 128
+    with 2 + 3 blocks, which keeps the default run within minutes on 2 cores.
     """
 
     size: int = 64
@@ -42,11 +45,11 @@ class DemoConfig:
     code_len: int = 64
     dict_size: int = 64
     codeword_dim: int = 32
-    width: int = 128
+    width: int = 96
     num_heads: int = 4
-    mlp_dim: int = 256
-    oracle_depth: int = 2
-    base_depth: int = 3
+    mlp_dim: int = 192
+    oracle_depth: int = 1
+    base_depth: int = 2
     lm_layers: int = 2
     train_examples: int = 4000
     eval_examples: int = 200
@@ -58,7 +61,7 @@ class DemoConfig:
     def quick(self):
         return dataclasses.replace(
             self, size=32, code_len=16, dict_size=32, width=64, mlp_dim=128,
-            oracle_depth=1, base_depth=1, lm_layers=1, train_examples=256,
+            base_depth=1, lm_layers=1, train_examples=256,
             eval_examples=32, stage1_epochs=2, stage2_epochs=2,
         )
 

@@ -146,8 +146,13 @@ class UViMStage1(keras.Model):
             name="base_model", **common,
         )
         self.reconstruction_loss_tracker = keras.metrics.Mean(name="reconstruction_loss")
-        self.max_ratio_tracker = keras.metrics.Mean(name="codebook_max_ratio")
-        self.zeros_ratio_tracker = keras.metrics.Mean(name="codebook_zeros_ratio")
+        if self.zero_code:  # the ablation never uses the oracle
+            self.oracle.trainable = False
+        # The no-code ablation has no codebook usage to log.
+        self.codebook_trackers = {} if self.zero_code else {
+            key: keras.metrics.Mean(name=key)
+            for key in ("codebook_max_ratio", "codebook_zeros_ratio")
+        }
         self.built = True
 
     # -- forward ------------------------------------------------------------
@@ -160,13 +165,16 @@ class UViMStage1(keras.Model):
     def call(self, inputs, training=None):
         image, labels = batch_parts(inputs)
         self._check(image, labels)
+        if self.zero_code:  # the ablation never runs the oracle
+            batch = ops.shape(image)[0]
+            code = ops.zeros((batch, self.code_len, self.codeword_dim), self.compute_dtype)
+            logits = self.base_model(code, image=image, training=training)
+            return {"logits": logits, "codes": ops.zeros((batch, self.code_len), "int32")}
         vq = self.quantizer(
             self.oracle(self.task.encode_labels(labels), image=image, training=training),
             training=training,
         )
         code = self.code_dropout(vq["quantized"], training=training)
-        if self.zero_code:
-            code = ops.zeros_like(code)
         logits = self.base_model(code, image=image, training=training)
         return {"logits": logits, **vq}
 
@@ -176,8 +184,8 @@ class UViMStage1(keras.Model):
         if self.losses:
             loss = loss + ops.sum(self.losses)
         self.reconstruction_loss_tracker.update_state(reconstruction)
-        self.max_ratio_tracker.update_state(y_pred["codebook_max_ratio"])
-        self.zeros_ratio_tracker.update_state(y_pred["codebook_zeros_ratio"])
+        for key, tracker in self.codebook_trackers.items():
+            tracker.update_state(y_pred[key])
         return loss
 
     # -- inference helpers ----------------------------------------------------

@@ -16,6 +16,7 @@ import json
 import os
 
 from uvim_keras.presets import cache, registry
+from uvim_keras.presets.bundled import bundled_preset
 from uvim_keras.presets.cache import DownloadError
 
 
@@ -66,6 +67,9 @@ def resolve(preset, want, load_weights=True, progress=True):
             return None, spec
         target = spec if spec.kind == "stage1" else (registry.stage1_sibling(spec) or spec)
         return install(target, progress=progress), spec
+    bundled = bundled_preset(preset)
+    if bundled is not None:
+        return os.fspath(bundled), None
     if os.path.isdir(preset):
         if not os.path.isfile(os.path.join(preset, "config.json")):
             raise PresetError(
@@ -234,11 +238,21 @@ def _finish(preset_dir, info, model_config):
     return preset_dir
 
 
+def _without_optimizer(model):
+    """`model`, or an uncompiled copy of it when it holds optimizer state:
+    presets carry weights only (Keras would also write the optimizer's)."""
+    if getattr(model, "optimizer", None) is None:
+        return model
+    copy = type(model).from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def save_stage1(stage1, preset_dir, max_shard_size=10, info=None, **card):
     """`UViMStage1.save_to_preset`."""
     hub = _import_hub()
     info = _card_info(stage1, "stage1", info, card)
-    hub.UViMStage1Backbone.from_stage1(stage1).save_to_preset(
+    hub.UViMStage1Backbone.from_stage1(_without_optimizer(stage1)).save_to_preset(
         os.fspath(preset_dir), max_shard_size=max_shard_size
     )
     return _finish(preset_dir, info, {"stage1": hub.stage1_arch_config(stage1)})
@@ -253,8 +267,8 @@ def save_uvim(uvim, preset_dir, max_shard_size=10, info=None, **card):
         )
     hub = _import_hub()
     info = _card_info(uvim, "uvim", info, card)
-    backbone = hub.UViMStage1Backbone.from_stage1(uvim.stage1)
-    task = hub.UViMStage2Task(backbone, uvim.lm, temperature=uvim.temperature)
+    backbone = hub.UViMStage1Backbone.from_stage1(_without_optimizer(uvim.stage1))
+    task = hub.UViMStage2Task(backbone, _without_optimizer(uvim.lm), temperature=uvim.temperature)
     task.save_to_preset(os.fspath(preset_dir), max_shard_size=max_shard_size)
     config = {"stage1": hub.stage1_arch_config(uvim.stage1), "lm": _lm_config(uvim.lm)}
     return _finish(preset_dir, info, config)

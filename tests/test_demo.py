@@ -1,0 +1,54 @@
+"""The built-in default: `uvim-keras demo --quick` end to end, and its errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+
+def _cli(*args, tmp_path):
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "uvim_keras", *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "jax") != "jax", reason="runs once")
+def test_demo_quick_writes_report_figure_and_models(tmp_path):
+    out = tmp_path / "demo"
+    proc = _cli("demo", "--quick", "--quiet", "--out", str(out), tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "panoptic_report.json").read_text())
+    assert set(report["metrics"]) == {"no code", "oracle code", "UViM (T=0)"}
+    for values in report["metrics"].values():
+        assert 0 <= values["PQ"] <= 100
+    assert report["quick"] is True and report["backend"] == "jax"
+    markdown = (out / "panoptic_report.md").read_text()
+    assert "| UViM (T=0) |" in markdown and "panoptic_examples.png" in markdown
+    from PIL import Image
+
+    with Image.open(out / "panoptic_examples.png") as im:
+        assert im.size[0] > 300 and im.size[1] > 100
+    for name in report["models"]:
+        assert (out / name).stat().st_size > 0
+
+
+@pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "jax") != "jax", reason="runs once")
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "segmentation"], "task='segmentation'; expected one of"),
+        (["--stage1-epochs", "0"], "stage1_epochs=0; expected a positive value"),
+        (["--size", "-8"], "size=-8; expected a positive value"),
+        (["--seed", "-1"], "seed=-1; expected a non-negative int"),
+        (["--out", "/proc/forbidden"], "out='/proc/forbidden' cannot be written"),
+    ],
+)
+def test_demo_bad_arguments_give_one_line_errors(tmp_path, args, message):
+    proc = _cli("demo", "--quick", "--quiet", *args, tmp_path=tmp_path)
+    assert proc.returncode == 2
+    lines = [l for l in proc.stderr.strip().splitlines() if "error" in l]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
