@@ -34,7 +34,7 @@ def main(extra):
         if proc.returncode not in (0, 5):
             status = 1
     failed = totals["failed"] + totals["error"]
-    print(f"all backends: {totals['passed']} passed, {failed} failed, {totals['skipped']} skipped")
+    print(f"total: {totals['passed']} passed, {failed} failed, {totals['skipped']} skipped")
     return status or (1 if failed else 0)
 
 
