@@ -266,10 +266,10 @@ def load_big_vision_weights(model, checkpoint):
             + (f"\n  wrong shapes: {wrong}" if wrong else "")
         )
     for name, var in targets.items():
-        value = np.asarray(source[names[name]])
+        value = np.asarray(source[names[name]], dtype=var.dtype)
         if tuple(value.shape) != tuple(var.shape):
             raise ConversionError(
                 f"{name}: checkpoint shape {value.shape}, model {tuple(var.shape)}."
             )
-        var.assign(value.astype(var.dtype))
+        var.assign(value)
     return model
