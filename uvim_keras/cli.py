@@ -17,9 +17,9 @@ _DEMO_OVERRIDES = ("size", "train_examples", "eval_examples", "stage1_epochs", "
 def _demo(args):
     import dataclasses
 
-    from uvim_keras.demo import DEFAULT_CONFIG, run_demo
+    from uvim_keras.demo import demo_config, run_demo
 
-    config = DEFAULT_CONFIG.quick() if args.quick else DEFAULT_CONFIG
+    config = demo_config(args.task, args.quick)
     overrides = {k: getattr(args, k) for k in _DEMO_OVERRIDES if getattr(args, k) is not None}
     run_demo(task=args.task, out=args.out, seed=args.seed, quick=args.quick,
              config=dataclasses.replace(config, **overrides), verbose=0 if args.quiet else 1)

@@ -57,6 +57,9 @@ class DemoConfig:
     stage1_epochs: int = 12
     stage2_epochs: int = 20
     learning_rate: float = 2e-3
+    code_dropout: str = "random"
+    oracle_image_ctx: bool = True
+    lm_init_from_no_code: bool = False
 
     def quick(self):
         return dataclasses.replace(
@@ -68,6 +71,19 @@ class DemoConfig:
 
 DEFAULT_CONFIG = DemoConfig()
 
+#: The default recipe of each task (`uvim-keras demo --task NAME`).
+TASK_CONFIGS = {
+    "panoptic": DEFAULT_CONFIG,
+    "depth": DEFAULT_CONFIG,
+    "colorization": DEFAULT_CONFIG,
+}
+
+
+def demo_config(task="panoptic", quick=False):
+    """The default DemoConfig of `task` (its `quick()` smoke version if `quick`)."""
+    config = TASK_CONFIGS.get(task, DEFAULT_CONFIG)
+    return config.quick() if quick else config
+
 
 def _check_args(task, seed, out, config):
     from uvim_keras.data.synthetic import SYNTHETIC_TASKS
@@ -78,8 +94,18 @@ def _check_args(task, seed, out, config):
         raise ValueError(f"seed={seed!r}; expected a non-negative int.")
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
+        if isinstance(value, (bool, str)):
+            continue
         if value <= 0:
             raise ValueError(f"{field.name}={value!r}; expected a positive value.")
+    from uvim_keras.layers.code_dropout import CODE_DROPOUT_MODES
+
+    if config.code_dropout not in CODE_DROPOUT_MODES:
+        raise ValueError(f"code_dropout={config.code_dropout!r}; expected one of "
+                         f"{CODE_DROPOUT_MODES}.")
+    if config.lm_init_from_no_code and config.lm_layers != config.base_depth:
+        raise ValueError(f"lm_init_from_no_code needs lm_layers == base_depth; got "
+                         f"{config.lm_layers} and {config.base_depth}.")
     try:
         os.makedirs(out, exist_ok=True)
         probe = os.path.join(out, ".write_test")
@@ -118,6 +144,7 @@ def _stage1(task, config, seed, zero_code=False):
         dict_size=config.dict_size, codeword_dim=config.codeword_dim, width=config.width,
         oracle_depth=config.oracle_depth, base_depth=config.base_depth,
         num_heads=config.num_heads, mlp_dim=config.mlp_dim, zero_code=zero_code, seed=seed,
+        code_dropout=config.code_dropout, oracle_image_ctx=config.oracle_image_ctx,
     )
 
 
@@ -132,6 +159,17 @@ def _lm(config, seed):
         dict_size=config.dict_size, width=config.width, num_layers=config.lm_layers,
         num_heads=config.num_heads, mlp_dim=config.mlp_dim,
     )
+
+
+def _init_lm_encoder(lm, no_code):
+    """Starts the LM's image encoder from the trained no-code base model's
+    (patch embedding, position embedding, transformer): the same ViT trunk,
+    already trained to read the task from the image (the paper starts it from
+    an ImageNet ViT instead)."""
+    f = no_code.base_model
+    for mine, theirs in ((lm.image_embedding, f.image_embedding),
+                         (lm.encoder_posemb, f.position_embedding), (lm.encoder, f.encoder)):
+        mine.set_weights(theirs.get_weights())
 
 
 def _batched(fn, arrays, batch_size):
@@ -204,7 +242,7 @@ def run_demo(task="panoptic", out="uvim_demo", seed=0, quick=False, config=None,
     from uvim_keras import UViM
     from uvim_keras.data.synthetic import make_synthetic
 
-    config = config or (DEFAULT_CONFIG.quick() if quick else DEFAULT_CONFIG)
+    config = config or demo_config(task, quick)
     _check_args(task, seed, out, config)
     say = print if verbose else (lambda *a, **k: None)
     fit_verbose = 1 if verbose else 0
@@ -237,6 +275,8 @@ def run_demo(task="panoptic", out="uvim_demo", seed=0, quick=False, config=None,
     t = time.time()
     codes = _batched(lambda b: _to_numpy(stage1.encode(b)), train, 256)
     lm = _lm(config, seed + 2)
+    if config.lm_init_from_no_code:
+        _init_lm_encoder(lm, baseline)
     lm.compile(optimizer=_schedule(config, config.stage2_epochs, config.train_examples))
     hist2 = lm.fit({"image": train["image"], "codes": codes}, batch_size=config.batch_size,
                    epochs=config.stage2_epochs, verbose=fit_verbose, shuffle=True).history
@@ -251,6 +291,10 @@ def run_demo(task="panoptic", out="uvim_demo", seed=0, quick=False, config=None,
         "oracle code": _batched(lambda b: _to_numpy(stage1.predict_outputs(b)), held_out, 64),
         "UViM (T=0)": greedy,
     }
+    temperature = uvim.default_temperature
+    if temperature > 0:  # colorization: the task samples its code (T=1) by default
+        predictions[f"UViM (T={temperature:g})"] = uvim.predict(
+            held_out["image"], batch_size=64, verbose=0, temperature=temperature, seed=seed)
     metrics = {name: _evaluate(task, task_obj, held_out["labels"], p)
                for name, p in predictions.items()}
     samples = uvim.sample(held_out["image"][:6], num_samples=2, temperature=1.0, seed=seed)
@@ -312,3 +356,46 @@ def _write_report(out, report):
         with open(tmp, "w") as f:
             f.write(text)
         os.replace(tmp, os.path.join(out, name))
+
+
+# -- bundled presets ------------------------------------------------------------------
+GENERATOR_NAMES = {"panoptic": "make_panoptic_shapes", "depth": "make_depth_scenes",
+                   "colorization": "make_colorization_shapes"}
+
+
+def preset_metric_name(task, temperature):
+    """The report row a preset of `task` is checked against: UViM at its
+    default temperature (greedy except for colorization)."""
+    return f"UViM (T={temperature:g})" if temperature > 0 else "UViM (T=0)"
+
+
+def save_demo_preset(out, task, preset_dir):
+    """Writes the UViM of a finished demo run (folder `out`) as a keras-hub
+    preset with its held-out metrics; this is how `weights/shapes_*` were made.
+
+    The recorded metrics are those of UViM at the preset's default
+    temperature on the demo's held-out split (200 images, seed + 10000;
+    sampling seed = the run's seed, `predict(batch_size=64)`)."""
+    import keras
+
+    import uvim_keras  # noqa: F401  (registers the classes)
+
+    with open(os.path.join(out, f"{task}_report.json")) as f:
+        report = json.load(f)
+    uvim = keras.saving.load_model(os.path.join(out, f"{task}_uvim.keras"))
+    config, seed = report["config"], report["seed"]
+    row = report["metrics"][preset_metric_name(task, uvim.default_temperature)]
+    head = report["headline"]
+    metrics = {head: round(row[head], 3)}
+    if task == "colorization":
+        metrics.update({k: round(row[k], 3) for k in ("MSE", "colourfulness_ground_truth")})
+    size = config["size"]
+    return uvim.save_to_preset(
+        preset_dir,
+        description=f"UViM trained by uvim-keras demo on the synthetic {task} data "
+                    f"({size}x{size}), seed {seed}.",
+        dataset=f"uvim_keras.data.{GENERATOR_NAMES[task]}: {config['train_examples']} training "
+                f"images (seed {seed}); {head} on {config['eval_examples']} held-out images "
+                f"(seed {seed + 10_000})",
+        metrics=metrics,
+    )
