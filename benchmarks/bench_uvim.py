@@ -34,8 +34,7 @@ Usage (from the repo root):
 
 --variant NAME (repeatable) applies a monkeypatch of uvim_keras before the
 models are built (see VARIANTS below): they measure candidate changes to the
-package without editing it; `--variant proposed` applies all the proposed
-ones. Default: none (the package as it is).
+package without editing it. Default: none (the package as it is).
 
 Prints one JSON line.
 """
@@ -60,205 +59,11 @@ FIGURES = tuple(TARGETS)
 
 # ----------------------------------------------------------------------------
 # Variants: monkeypatches of uvim_keras applied before the models are built,
-# to measure candidate changes to the package without editing it. The first
-# three are proposed changes (same weights, same model); the probes remove a
-# part to bound what it can cost (they change the model).
+# to measure candidate changes to the package without editing it. The probes
+# remove a part to bound what it can cost (they change the model). (The
+# session-1 proposals flax_layernorm, patch_loss and decode_layout are now in
+# the package.)
 # ----------------------------------------------------------------------------
-def _variant_flax_layernorm():
-    """LayerNorm computed as flax does: x^2 first, then mean(x) and mean(x^2),
-    var = max(0, mean(x^2) - mean(x)^2), y = (x - mean) * (rsqrt(var + eps) *
-    gamma) + beta. Same weights (gamma, beta) and epsilon.
-
-    Why: with keras.ops.layer_normalization (jnp.var) -- and equally with the
-    same formula written mean-first -- XLA:CPU fuses the residual-stream
-    cotangent of the *whole* encoder into every consumer of it (the
-    transposed copies feeding the weight-gradient dots), so each block's
-    backward recomputes all blocks above it: fusions with 20-57 operands,
-    quadratic in depth. Squaring x before the first reduction changes the
-    order in which the backward accumulates the two reduction cotangents,
-    and the chain is then materialised once per block (as in big_vision).
-    """
-    import keras
-    from keras import ops
-
-    from uvim_keras.layers import transformer as tm
-    from uvim_keras.models import lm as lmm
-
-    class FlaxLayerNorm(keras.layers.LayerNormalization):
-        def call(self, x):
-            x = ops.cast(x, "float32")
-            sq = ops.square(x)  # before the first reduction: see above
-            mean = ops.mean(x, axis=-1, keepdims=True)
-            var = ops.maximum(ops.mean(sq, axis=-1, keepdims=True) - ops.square(mean), 0.0)
-            mul = ops.rsqrt(var + self.epsilon) * self.gamma
-            return ops.cast((x - mean) * mul + self.beta, self.compute_dtype)
-
-    def layer_norm(name):
-        return FlaxLayerNorm(epsilon=tm.LAYER_NORM_EPSILON, name=name)
-
-    tm.layer_norm = layer_norm
-    lmm.layer_norm = layer_norm
-
-
-def _variant_patch_loss():
-    """Stage I (panoptic) in patch layout end to end: the int labels are cut
-    into patches first and one-hot encoded straight into the (B, G, c, P)
-    layout the stems contract; the loss is the per-pixel cross-entropy over
-    the class axis of the (B, G, c, P) head logits, so neither the encoded
-    labels nor the logits (nor their gradients) are transposed between image
-    and patch layout. Same model, same loss value (a mean over the same
-    pixels)."""
-    from keras import ops
-
-    from uvim_keras.layers.patches import patchify, unpatchify
-    from uvim_keras.models import stage1 as s1m
-    from uvim_keras.tasks.panoptic import PanopticTask
-
-    orig_call = s1m.UViMStage1.call
-    orig_loss = s1m.UViMStage1.compute_loss
-
-    def label_patches(self, labels):
-        # (B, H, W, 2) int -> {key: (B, G, c, P) one-hot}, {key: (B, G, P) int}
-        p = patchify(ops.cast(labels, "int32"), self.patch_size)  # (B, G, 2, P)
-        ids = {"semantics": p[:, :, 0, :], "instances": p[:, :, 1, :]}
-        depth = self.task.label_channels
-        return {k: ops.one_hot(v, depth[k], axis=2) for k, v in ids.items()}, ids
-
-    def call(self, inputs, training=None):
-        if not isinstance(self.task, PanopticTask) or getattr(self, "zero_code", False):
-            return orig_call(self, inputs, training=training)
-        image, labels = s1m.batch_parts(inputs)
-        self._check(image, labels)
-        onehot, _ = label_patches(self, labels)
-        o = self.oracle
-        x = 0
-        for stem, key in zip(o.stems, o.label_channels):
-            x = x + stem(onehot[key])
-        x = o._add_image(x, image)
-        x = o.encoder(o.position_embedding(x), training=training)
-        vq = self.quantizer(o.head(o.bottleneck(x)), training=training)
-        code = self.code_dropout(vq["quantized"], training=training)
-        f = self.base_model
-        h = f.unbottleneck(f.stem(ops.cast(code, f.compute_dtype)))
-        h = f._add_image(h, image)
-        h = f.encoder(f.position_embedding(h), training=False)
-        patch_logits = {k: head(h) for head, k in zip(f.heads, f.label_channels)}
-        logits = {k: unpatchify(v, f.patch_size, f.grid_size) for k, v in patch_logits.items()}
-        return {"logits": logits, "patch_logits": patch_logits, **vq}
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        if "patch_logits" not in y_pred:
-            return orig_loss(self, x, y, y_pred, sample_weight, training)
-        _, ids = label_patches(self, x["labels"])
-        reconstruction = 0.0
-        for k, lg in y_pred["patch_logits"].items():
-            lg = ops.cast(lg, "float32")  # (B, G, c, P)
-            lse = ops.logsumexp(lg, axis=-2)  # (B, G, P)
-            picked = ops.sum(ops.one_hot(ids[k], lg.shape[-2], axis=2) * lg, axis=-2)
-            reconstruction = reconstruction + ops.mean(lse - picked)
-        # The package's own compute_loss does the rest (extra losses, trackers),
-        # with the task's loss answering the value computed above.
-        self.task.loss = lambda labels, logits: reconstruction
-        try:
-            return orig_loss(self, x, y, y_pred, sample_weight, training)
-        finally:
-            del self.task.loss
-
-    s1m.UViMStage1.call = call
-    s1m.UViMStage1.compute_loss = compute_loss
-
-
-def _variant_decode_layout():
-    """KV-cached decoding with head-major (B, heads, S, d) caches and
-    cross-attention keys/values, 2-D kernels (reshaped once, outside the
-    loop) and one fused q|k|v matmul per self-attention step.
-
-    In uvim_keras' loop the einsums over (B, S, heads, d) caches make XLA:CPU
-    re-transpose every cache, the cross-attention keys/values and two weight
-    matrices per block *inside* the while loop at every step (it does not
-    hoist them). Same weights, same arithmetic.
-    """
-    from keras import ops
-
-    from uvim_keras.models import lm as lmm
-    from uvim_keras.models.sampling import select_tokens
-
-    def _heads(x, h):
-        # (B, S, h*d) -> (B, h, S, d)
-        b, s, hd = ops.shape(x)[0], x.shape[1], x.shape[2]
-        return ops.transpose(ops.reshape(x, (b, s, h, hd // h)), (0, 2, 1, 3))
-
-    def _attend(q, k, v, mask=None):
-        # q (B, h, 1, d), k/v (B, h, S, d) -> (B, 1, h*d)
-        logits = ops.einsum("bhqd,bhsd->bhqs", q, k)
-        logits = ops.cast(logits, "float32")
-        if mask is not None:
-            logits = ops.where(mask, logits, ops.cast(-1e30, logits.dtype))
-        w = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
-        y = ops.einsum("bhqs,bhsd->bhqd", w, v)  # (B, h, 1, d)
-        b, h, d = ops.shape(y)[0], y.shape[1], y.shape[3]
-        return ops.reshape(y, (b, 1, h * d))  # q length 1: a reshape, no transpose
-
-    def _decode_loop(self, image, noise, temperature, top_k, top_p, mask_bos):
-        encoded = self.encode(image, training=False)
-        n = ops.shape(encoded)[0]
-        heads = self.num_heads
-        head_dim = self.width // heads
-        hd = heads * head_dim
-        prepared = []
-        for b in self.decoder_blocks:
-            sa, ca = b.self_attention, b.cross_attention
-            assert sa.query_bias is None and ca.query_bias is None  # no biases
-            w_qkv = ops.concatenate(
-                [ops.reshape(sa.query_kernel, (self.width, hd)),
-                 ops.reshape(sa.key_kernel, (self.width, hd)),
-                 ops.reshape(sa.value_kernel, (self.width, hd))], axis=1)
-            w_so = ops.reshape(sa.out_kernel, (hd, self.width))
-            w_cq = ops.reshape(ca.query_kernel, (self.width, hd))
-            w_co = ops.reshape(ca.out_kernel, (hd, self.width))
-            ek = _heads(ops.matmul(encoded, ops.reshape(ca.key_kernel, (encoded.shape[-1], hd))), heads)
-            ev = _heads(ops.matmul(encoded, ops.reshape(ca.value_kernel, (encoded.shape[-1], hd))), heads)
-            prepared.append((w_qkv, w_so, w_cq, w_co, ek, ev))
-        cache_shape = (n, heads, self.code_len, head_dim)
-        caches = [(ops.zeros(cache_shape, encoded.dtype), ops.zeros(cache_shape, encoded.dtype))
-                  for _ in self.decoder_blocks]
-        posemb = self.decoder_posemb(ops.zeros((1, self.code_len, self.width), encoded.dtype))
-        positions = ops.arange(self.code_len)
-
-        def step(t, state):
-            prev, tokens, caches = state
-            x = self.token_embedding(prev[:, None])
-            x = x + ops.slice(posemb, (0, t, 0), (1, 1, self.width))
-            visible = (positions <= t)[None, None, None, :]
-            new_caches = []
-            for block, (ck, cv), (w_qkv, w_so, w_cq, w_co, ek, ev) in zip(
-                    self.decoder_blocks, caches, prepared):
-                h = block.norm_1(x)
-                qkv = ops.matmul(h, w_qkv)  # (B, 1, 3*hd)
-                q, k, v = (ops.reshape(qkv[..., i * hd:(i + 1) * hd], (n, heads, 1, head_dim))
-                           for i in range(3))
-                q = q / ops.sqrt(ops.cast(head_dim, q.dtype))  # as project_query
-                ck = ops.slice_update(ck, (0, 0, t, 0), ops.cast(k, ck.dtype))
-                cv = ops.slice_update(cv, (0, 0, t, 0), ops.cast(v, cv.dtype))
-                x = x + ops.matmul(_attend(q, ck, cv, visible), w_so)
-                q = ops.reshape(ops.matmul(block.norm_2(x), w_cq), (n, heads, 1, head_dim))
-                q = q / ops.sqrt(ops.cast(head_dim, q.dtype))
-                x = x + ops.matmul(_attend(q, ek, ev), w_co)
-                x = x + block.mlp(block.norm_3(x), training=False)
-                new_caches.append((ck, cv))
-            logits = self.logits_dense(self.decoder_norm(x))[:, 0]
-            step_noise = None if noise is None else ops.take(noise, t, axis=0)
-            nxt = select_tokens(logits, step_noise, temperature, top_k, top_p, mask_bos)
-            tokens = ops.slice_update(tokens, (0, t), nxt[:, None])
-            return nxt, tokens, new_caches
-
-        init = (ops.zeros((n,), "int32") + lmm.BOS, ops.zeros((n, self.code_len), "int32"), caches)
-        _, tokens, _ = ops.fori_loop(0, self.code_len, step, init)
-        return tokens
-
-    lmm.GuidingCodeLM._decode_loop = _decode_loop
-
-
 def _variant_no_lbg_loop():
     """Probe: no LBG while_loop at all (an upper bound on what it costs)."""
     from uvim_keras.layers import vector_quantizer as vqm
@@ -293,14 +98,10 @@ def _variant_onehot_scatter_vq():
 
 
 VARIANTS = {
-    "flax_layernorm": _variant_flax_layernorm,
-    "patch_loss": _variant_patch_loss,
-    "decode_layout": _variant_decode_layout,
     "no_lbg": _variant_no_lbg_loop,
     "no_code_dropout": _variant_no_code_dropout,
     "onehot_vq": _variant_onehot_scatter_vq,
 }
-PROPOSED = ("flax_layernorm", "patch_loss", "decode_layout")
 
 
 # ----------------------------------------------------------------------------
@@ -654,19 +455,14 @@ def main():
     ap.add_argument("--only", action="append", choices=FIGURES,
                     help="time only these figures (repeatable; not in paired mode)")
     ap.add_argument("--variant", action="append", default=[],
-                    choices=sorted(VARIANTS) + ["proposed"],
-                    help="monkeypatch uvim_keras before building (repeatable); "
-                         f"'proposed' = {', '.join(PROPOSED)}")
+                    choices=sorted(VARIANTS),
+                    help="monkeypatch uvim_keras before building (repeatable)")
     args = ap.parse_args()
     args.warmup = max(args.warmup, 1)
     args.config = os.path.abspath(args.config)
     if bool(args.reference_python) != bool(args.big_vision):
         ap.error("--reference-python and --big-vision go together")
-    variants = []
-    for name in args.variant:
-        for v in (PROPOSED if name == "proposed" else (name,)):
-            if v not in variants:
-                variants.append(v)
+    variants = list(dict.fromkeys(args.variant))
     with open(args.config) as f:
         cfg = json.load(f)
 

@@ -11,7 +11,7 @@ subclass `UViMTask`, register it, and pass it to `UViMStage1` / `UViM`.
 import keras
 from keras import ops
 
-from uvim_keras.tasks import UViMTask
+from uvim_keras.tasks import UViMTask, one_hot
 
 
 @keras.saving.register_keras_serializable(package="uvim_examples")
@@ -43,15 +43,20 @@ class SemanticSegmentationTask(UViMTask):
                 f"expected classes in [0, {self.num_classes})."
             )
 
-    def encode_labels(self, labels):
-        return {"classes": ops.one_hot(ops.cast(labels[..., 0], "int32"), self.num_classes)}
+    # `axis` is the channel axis: -1 for image layout (B, H, W, c), -2 for the
+    # patch layout (B, G, c, P) the stage-I model trains in. Pixel-wise code
+    # only has to pick the channel and reduce over that axis.
+    def encode_labels(self, labels, axis=-1):
+        classes = ops.cast(ops.take(labels, 0, axis=axis), "int32")
+        return {"classes": one_hot(classes, self.num_classes, axis)}
 
-    def loss(self, labels, logits):
-        target = self.encode_labels(labels)["classes"]
-        logp = ops.log_softmax(ops.cast(logits["classes"], "float32"), axis=-1)
-        xent = -ops.sum(target * logp, axis=-1)
+    def loss(self, labels, logits, axis=-1):
+        target = self.encode_labels(labels, axis)["classes"]
+        logp = ops.log_softmax(ops.cast(logits["classes"], "float32"), axis=axis)
+        xent = -ops.sum(target * logp, axis=axis)
         if self.ignore_class is not None:
-            xent = xent * ops.cast(labels[..., 0] != self.ignore_class, xent.dtype)
+            keep = ops.take(labels, 0, axis=axis) != self.ignore_class
+            xent = xent * ops.cast(keep, xent.dtype)
         return ops.mean(xent)
 
     def predict_outputs(self, logits):

@@ -154,8 +154,8 @@ class GuidingCodeLM(keras.Model):
         n = ops.shape(encoded)[0]
         heads = self.num_heads
         head_dim = self.width // heads
-        enc_kv = [b.cross_attention.project_kv(encoded) for b in self.decoder_blocks]
-        cache_shape = (n, self.code_len, heads, head_dim)
+        prepared = [b.prepare_decoding(encoded) for b in self.decoder_blocks]
+        cache_shape = (n, heads, self.code_len, head_dim)  # head-major
         caches = [
             (ops.zeros(cache_shape, encoded.dtype), ops.zeros(cache_shape, encoded.dtype))
             for _ in self.decoder_blocks
@@ -167,8 +167,8 @@ class GuidingCodeLM(keras.Model):
             x = self.token_embedding(prev[:, None])
             x = x + ops.slice(posemb, (0, t, 0), (1, 1, self.width))
             new_caches = []
-            for block, (ck, cv), (ek, ev) in zip(self.decoder_blocks, caches, enc_kv):
-                x, ck, cv = block.decode_step(x, t, ck, cv, ek, ev)
+            for block, (ck, cv), prep in zip(self.decoder_blocks, caches, prepared):
+                x, ck, cv = block.decode_step(x, t, ck, cv, prep)
                 new_caches.append((ck, cv))
             logits = self.logits_dense(self.decoder_norm(x))[:, 0]
             step_noise = None if noise is None else ops.take(noise, t, axis=0)

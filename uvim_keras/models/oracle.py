@@ -17,6 +17,14 @@ from uvim_keras.layers import (
 from uvim_keras.models.checks import check_image, grid_size, pair
 
 
+LAYOUTS = ("image", "patches")
+
+
+def _check_layout(layout):
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}; expected one of {LAYOUTS}.")
+
+
 class _StageIViT(keras.Model):
     """What the oracle and the base model share: the ViT geometry, the image
     context stem, the position embedding and the encoder stack."""
@@ -148,8 +156,11 @@ class Oracle(_StageIViT):
         self.head.build((None, self.code_len, self.width))
         self.built = True
 
-    def call(self, labels, image=None, training=None):
-        """labels: {key: (B, H, W, channels)} encoded labels (e.g. one-hot)."""
+    def call(self, labels, image=None, training=None, layout="image"):
+        """labels: {key: encoded labels (e.g. one-hot)}, (B, H, W, channels)
+        with `layout="image"` or already cut into patches, (B, G, channels,
+        P), with `layout="patches"`."""
+        _check_layout(layout)
         missing = set(self.label_channels) - set(labels)
         if missing:
             raise ValueError(
@@ -157,7 +168,8 @@ class Oracle(_StageIViT):
             )
         x = 0
         for stem, key in zip(self.stems, self.label_channels):
-            x = x + stem(patchify(labels[key], self.patch_size))
+            patches = labels[key] if layout == "patches" else patchify(labels[key], self.patch_size)
+            x = x + stem(patches)
         x = self._add_image(x, image)
         x = self.encoder(self.position_embedding(x), training=training)
         return self.head(self.bottleneck(x))
@@ -207,7 +219,10 @@ class BaseModel(_StageIViT):
             head.build((None, self.num_tokens, self.width))
         self.built = True
 
-    def call(self, code, image=None, codewords=None, training=None):
+    def call(self, code, image=None, codewords=None, training=None, layout="image"):
+        """Logits {key: (B, H, W, channels)}, or per patch (B, G, channels, P)
+        with `layout="patches"`."""
+        _check_layout(layout)
         if len(code.shape) == 2:
             if codewords is None:
                 raise ValueError(
@@ -226,10 +241,10 @@ class BaseModel(_StageIViT):
         # As in big_vision, the base model's transformer is always run
         # deterministically (its decoder is called without `deterministic`).
         x = self.encoder(self.position_embedding(x), training=False)
-        return {
-            key: unpatchify(head(x), self.patch_size, self.grid_size)
-            for head, key in zip(self.heads, self.label_channels)
-        }
+        logits = {key: head(x) for head, key in zip(self.heads, self.label_channels)}
+        if layout == "patches":
+            return logits
+        return {k: unpatchify(v, self.patch_size, self.grid_size) for k, v in logits.items()}
 
     def get_config(self):
         return {**super().get_config(), "head_zero_init": self.head_zero_init}

@@ -10,9 +10,15 @@ A task tells the stage-I model
   (`loss`);
 * how logits become the task's outputs (`predict_outputs`).
 
-Logits and encoded labels are dicts of image-layout tensors (B, H, W, c).
-Everything uses `keras.ops`, so a task runs on every backend and inside
-`fit`. To add a task, subclass `UViMTask` in one file and register it with
+`encode_labels` and `loss` work in either of two layouts, named by `axis`,
+the channel axis: image layout (B, H, W, c) with `axis=-1`, or patch layout
+(B, G, c, P) with `axis=-2` (G patches of P pixels, see `layers.patches`).
+The stage-I model calls them in patch layout, the layout its stems and heads
+work in, so neither the encoded labels nor the logits (nor their gradients)
+are transposed in a train step; the per-pixel quantities are the same, so a
+task written for pixels does not care which. `predict_outputs` takes
+image-layout logits. Everything uses `keras.ops`, so a task runs on every
+backend and inside `fit`. To add a task, subclass `UViMTask` in one file and register it with
 `@keras.saving.register_keras_serializable`; see `tasks/semantic.py` for a
 worked example.
 """
@@ -46,12 +52,17 @@ class UViMTask:
     def label_channels(self):
         raise NotImplementedError
 
-    def encode_labels(self, labels):
-        """Raw labels (B, H, W, label_depth) -> {key: (B, H, W, channels)}."""
+    def encode_labels(self, labels, axis=-1):
+        """Raw labels -> {key: encoded labels}, channels on `axis`.
+
+        Image layout (`axis=-1`): (B, H, W, label_depth) -> (B, H, W, channels);
+        patch layout (`axis=-2`): (B, G, label_depth, P) -> (B, G, channels, P).
+        """
         raise NotImplementedError
 
-    def loss(self, labels, logits):
-        """Mean reconstruction loss (scalar) of `logits` against raw `labels`."""
+    def loss(self, labels, logits, axis=-1):
+        """Mean reconstruction loss (scalar) of `logits` against raw `labels`,
+        both with their channels on `axis` (see `encode_labels`)."""
         raise NotImplementedError
 
     def predict_outputs(self, logits):
@@ -92,6 +103,20 @@ class UViMTask:
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
+
+
+def label_channel(labels, index, axis=-1):
+    """Channel `index` of raw labels whose channels are on `axis` (that axis
+    dropped): `labels[..., index]` in image layout."""
+    return keras.ops.take(labels, index, axis=axis)
+
+
+def one_hot(ids, depth, axis=-1):
+    """`keras.ops.one_hot` with the classes on `axis` of the result; a
+    negative axis counts from the end of the result (TensorFlow's one_hot
+    accepts no negative axis other than -1)."""
+    rank = len(ids.shape) + 1
+    return keras.ops.one_hot(ids, depth, axis=axis % rank)
 
 
 def _concrete(x):

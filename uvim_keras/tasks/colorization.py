@@ -31,10 +31,10 @@ class ColorizationTask(UViMTask):
     def label_channels(self):
         return {"color": 3}
 
-    def encode_labels(self, labels):
-        return {"color": ops.cast(labels, "float32")}
+    def encode_labels(self, labels, axis=-1):
+        return {"color": ops.cast(labels, "float32")}  # per element: any layout
 
-    def loss(self, labels, logits):
+    def loss(self, labels, logits, axis=-1):
         err = ops.cast(logits["color"], "float32") - ops.cast(labels, "float32")
         return ops.mean(ops.square(err))
 

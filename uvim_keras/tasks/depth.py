@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from uvim_keras.tasks.base import UViMTask
+from uvim_keras.tasks.base import UViMTask, label_channel, one_hot
 from uvim_keras.tasks.panoptic import softmax_cross_entropy
 
 
@@ -49,12 +49,13 @@ class DepthTask(UViMTask):
         centre = (ops.cast(bins, "float32") + 0.5) / self.bins
         return centre * (self.max_depth - self.min_depth) + self.min_depth
 
-    def encode_labels(self, labels):
-        return {"depth": ops.one_hot(self.depth_to_bins(labels[..., 0]), self.bins)}
+    def encode_labels(self, labels, axis=-1):
+        bins = self.depth_to_bins(label_channel(labels, 0, axis))
+        return {"depth": one_hot(bins, self.bins, axis=axis)}
 
-    def loss(self, labels, logits):
-        bins = self.depth_to_bins(labels[..., 0])
-        xent = softmax_cross_entropy(ops.one_hot(bins, self.bins), logits["depth"])
+    def loss(self, labels, logits, axis=-1):
+        bins = self.depth_to_bins(label_channel(labels, 0, axis))
+        xent = softmax_cross_entropy(one_hot(bins, self.bins, axis=axis), logits["depth"], axis)
         return ops.mean(xent * ops.cast(bins != 0, xent.dtype))
 
     def predict_outputs(self, logits):

@@ -3,13 +3,19 @@
 import keras
 from keras import ops
 
-from uvim_keras.tasks.base import UViMTask
+from uvim_keras.tasks.base import UViMTask, label_channel, one_hot
 
 
-def softmax_cross_entropy(one_hot, logits):
-    """Per-pixel softmax cross-entropy over the last axis (float32)."""
+def softmax_cross_entropy(target, logits, axis=-1):
+    """Per-pixel softmax cross-entropy over the class axis `axis` (float32).
+
+    `target` is one-hot (or probabilities summing to 1) on that axis, so
+    -sum(target * log_softmax(logits)) = logsumexp(logits) - sum(target *
+    logits). Written with reductions only: TensorFlow's (log_)softmax
+    transposes any axis but the last one to the end and back.
+    """
     logits = ops.cast(logits, "float32")
-    return -ops.sum(one_hot * ops.log_softmax(logits, axis=-1), axis=-1)
+    return ops.logsumexp(logits, axis=axis) - ops.sum(target * logits, axis=axis)
 
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
@@ -58,17 +64,17 @@ class PanopticTask(UViMTask):
                     f"[{vals.min()}, {vals.max()}]; expected ids in [0, {limit})."
                 )
 
-    def encode_labels(self, labels):
+    def encode_labels(self, labels, axis=-1):
         labels = ops.cast(labels, "int32")
         return {
-            "semantics": ops.one_hot(labels[..., 0], self.num_classes),
-            "instances": ops.one_hot(labels[..., 1], self.max_instances),
+            key: one_hot(label_channel(labels, i, axis), depth, axis=axis)
+            for i, (key, depth) in enumerate(self.label_channels.items())
         }
 
-    def loss(self, labels, logits):
-        target = self.encode_labels(labels)
+    def loss(self, labels, logits, axis=-1):
+        target = self.encode_labels(labels, axis)
         per_pixel = sum(
-            softmax_cross_entropy(target[k], logits[k]) for k in ("semantics", "instances")
+            softmax_cross_entropy(target[k], logits[k], axis) for k in ("semantics", "instances")
         )
         return ops.mean(per_pixel)
 

@@ -1,0 +1,74 @@
+"""The layout-independent pieces behind the fast train steps: flax-order
+LayerNorm equals Keras' LayerNormalization, and every task's label encoding
+and loss give the same values in patch layout (B, G, c, P) as in image
+layout (B, H, W, c)."""
+
+import numpy as np
+import pytest
+
+from common import to_numpy
+
+pytestmark = pytest.mark.multibackend
+
+
+def test_layer_norm_equals_keras_layer_normalization_and_round_trips():
+    import keras
+
+    from uvim_keras.layers.transformer import LayerNorm
+
+    x = np.random.default_rng(0).normal(3.0, 2.0, (2, 5, 32)).astype("float32")
+    ours = LayerNorm(epsilon=1e-6)
+    ours.build(x.shape)
+    ours.gamma.assign(np.linspace(0.5, 2.0, 32).astype("float32"))
+    ours.beta.assign(np.linspace(-1.0, 1.0, 32).astype("float32"))
+    theirs = keras.layers.LayerNormalization(epsilon=1e-6)
+    theirs.build(x.shape)
+    theirs.set_weights(ours.get_weights())
+    np.testing.assert_allclose(to_numpy(ours(x)), to_numpy(theirs(x)), atol=2e-5)
+    clone = LayerNorm.from_config(ours.get_config())
+    clone.build(x.shape)
+    clone.set_weights(ours.get_weights())
+    np.testing.assert_array_equal(to_numpy(clone(x)), to_numpy(ours(x)))
+
+
+def _tasks():
+    import sys
+
+    from common import REPO
+    from uvim_keras.tasks import ColorizationTask, DepthTask, PanopticTask
+
+    sys.path.insert(0, str(REPO / "examples"))
+    from custom_task_semantic import SemanticSegmentationTask
+
+    rng = np.random.default_rng(0)
+    shape = (2, 8, 8)
+    panoptic = np.stack([rng.integers(0, 5, shape), rng.integers(0, 4, shape)], -1)
+    return [
+        (PanopticTask(num_classes=5, max_instances=4), panoptic.astype("int32")),
+        (DepthTask(bins=16, min_depth=0.0, max_depth=4.0),
+         rng.uniform(0, 4, shape + (1,)).astype("float32")),
+        (ColorizationTask(), rng.uniform(-1, 1, shape + (3,)).astype("float32")),
+        (SemanticSegmentationTask(num_classes=6, ignore_class=0),
+         rng.integers(0, 6, shape + (1,)).astype("int32")),
+    ]
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_task_encoding_and_loss_agree_in_both_layouts(index):
+    from uvim_keras.layers import patchify
+
+    task, labels = _tasks()[index]
+    patch = (4, 4)
+    rng = np.random.default_rng(1)
+    logits = {k: rng.normal(size=labels.shape[:3] + (c,)).astype("float32")
+              for k, c in task.label_channels.items()}
+    encoded = task.encode_labels(labels)
+    encoded_patches = task.encode_labels(patchify(labels, patch), axis=-2)
+    for key in task.label_channels:
+        np.testing.assert_allclose(
+            to_numpy(encoded_patches[key]), to_numpy(patchify(encoded[key], patch)), atol=1e-6)
+    image_loss = task.loss(labels, logits)
+    patch_loss = task.loss(patchify(labels, patch),
+                           {k: patchify(v, patch) for k, v in logits.items()}, axis=-2)
+    np.testing.assert_allclose(float(to_numpy(patch_loss)), float(to_numpy(image_loss)),
+                               rtol=1e-5)
