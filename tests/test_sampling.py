@@ -129,6 +129,14 @@ def test_sampling_is_reproducible_with_a_seed(lm, images):
     assert len({row.tobytes() for row in a.reshape(-1, CFG["code_len"])}) > 5
 
 
+def test_samples_equal_decoding_repeated_images(lm, images):
+    """num_samples encodes each image once; the codes are those of decoding
+    the image repeated num_samples times (same noise, same seed)."""
+    once = _sample(lm, images, seed=5)
+    repeated = to_numpy(lm.generate(np.repeat(images, S, axis=0), temperature=1.0, seed=5))
+    np.testing.assert_array_equal(once.reshape(-1, CFG["code_len"]), repeated)
+
+
 def test_top_k_one_equals_greedy(lm, images):
     greedy = to_numpy(lm.generate(images))
     for seed in (0, 1):

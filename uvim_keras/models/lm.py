@@ -149,8 +149,10 @@ class GuidingCodeLM(keras.Model):
         return loss
 
     # -- decoding -------------------------------------------------------------
-    def _decode_loop(self, image, noise, temperature, top_k, top_p, mask_bos):
+    def _decode_loop(self, image, noise, temperature, top_k, top_p, mask_bos, num_samples=1):
         encoded = self.encode(image, training=False)
+        if num_samples > 1:  # encode each image once, decode it num_samples times
+            encoded = ops.repeat(encoded, num_samples, axis=0)
         n = ops.shape(encoded)[0]
         heads = self.num_heads
         head_dim = self.width // heads
@@ -206,18 +208,18 @@ class GuidingCodeLM(keras.Model):
         check_image(images, self.input_size)
         images = ops.convert_to_tensor(images, self.compute_dtype)
         batch = images.shape[0]
-        if num_samples > 1:
-            images = ops.repeat(images, num_samples, axis=0)
         n = batch * num_samples
         greedy = temperature == 0
         noise = None
         if not greedy:
             noise = gumbel_noise((self.code_len, n, self.vocab_size), seed)
-        key = (greedy, float(temperature), int(top_k), float(top_p), bool(mask_bos))
+        key = (greedy, float(temperature), int(top_k), float(top_p), bool(mask_bos),
+               int(num_samples))
         if key not in self._generators:
             self._generators[key] = compile_stateless(
                 self,
-                lambda img, nz: self._decode_loop(img, nz, temperature, top_k, top_p, mask_bos),
+                lambda img, nz: self._decode_loop(
+                    img, nz, temperature, top_k, top_p, mask_bos, int(num_samples)),
             )
         tokens = self._generators[key](images, noise)
         codes = tokens - 1
