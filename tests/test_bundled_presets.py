@@ -29,6 +29,39 @@ def test_bundled_panoptic_preset_reaches_its_recorded_pq():
     assert abs(got - recorded) <= 0.5, (got, recorded)
 
 
+@pytest.mark.skipif(not (BUNDLED_DIR / "shapes_depth").is_dir(), reason="no bundled preset")
+def test_bundled_depth_preset_reaches_its_recorded_rmse():
+    from uvim_keras import UViM
+    from uvim_keras.data.synthetic import make_depth_scenes
+    from uvim_keras.metrics import DepthMetrics
+
+    uvim = UViM.from_preset("shapes_depth")
+    recorded = _recorded("shapes_depth")["metrics"]["RMSE"]
+    held_out = make_depth_scenes(200, size=64, seed=10_000)
+    pred = uvim.predict(held_out["image"], batch_size=100, verbose=0)  # greedy code
+    metrics = DepthMetrics(min_depth=uvim.task.min_depth, max_depth=uvim.task.max_depth)
+    metrics.update_state(held_out["labels"][..., 0], pred)
+    got = float(metrics.result()["RMSE"])
+    assert abs(got - recorded) <= 0.01, (got, recorded)
+
+
+@pytest.mark.skipif(not (BUNDLED_DIR / "shapes_colorization").is_dir(),
+                    reason="no bundled preset")
+def test_bundled_colorization_preset_reaches_its_recorded_colourfulness():
+    from uvim_keras import UViM
+    from uvim_keras.data.synthetic import make_colorization_shapes
+
+    uvim = UViM.from_preset("shapes_colorization")
+    recorded = _recorded("shapes_colorization")["metrics"]
+    assert uvim.default_temperature == 1.0  # the code is sampled, as the demo recorded it
+    held_out = make_colorization_shapes(200, size=64, seed=10_000)
+    pred = uvim.predict(held_out["image"], batch_size=64, seed=0, verbose=0)
+    colourfulness = float(np.mean(pred.max(-1) - pred.min(-1)))
+    mse = float(np.mean((pred - held_out["labels"]) ** 2))
+    assert abs(colourfulness - recorded["colourfulness"]) <= 0.01, (colourfulness, recorded)
+    assert abs(mse - recorded["MSE"]) <= 0.005, (mse, recorded)
+
+
 def test_unknown_bundled_name_is_not_a_preset():
     from uvim_keras.presets.bundled import bundled_preset
 

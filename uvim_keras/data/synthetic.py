@@ -62,7 +62,9 @@ SYNTHETIC_TASKS = {
                         f"({MIN_DEPTH}, {MAX_DEPTH}) (about 1.3 to 8.7)",
         "label_dtype": "float32",
         "label_channels": 1,
-        "task_kwargs": {"bins": 128, "min_depth": MIN_DEPTH, "max_depth": MAX_DEPTH},
+        # 64 bins of 0.16 m (rounding adds about 0.05 m RMSE): the depth heads of
+        # the demo's small models cost half as much as with 128 bins.
+        "task_kwargs": {"bins": 64, "min_depth": MIN_DEPTH, "max_depth": MAX_DEPTH},
     },
     "colorization": {
         "generator": make_colorization_shapes,
