@@ -278,3 +278,26 @@ def test_mapping_input_and_fixed_posemb_lm():
         params["Transformer/encoderblock_1/MultiHeadDotProductAttention_0/query/kernel"],
     )
     lm_runs(lm)
+
+
+def test_lm_encoder_from_a_base_model():
+    """The demo's recipe: the LM's encoder starts from a stage-I base model's
+    trunk (same ViT geometry); the decoder is untouched; mismatches raise."""
+    from helpers import TINY, tiny_stage1
+
+    from uvim_keras.pretrained import init_lm_encoder_from_base_model
+
+    stage1 = tiny_stage1(zero_code=True, base_depth=2)
+    base = stage1.base_model
+    lm = tiny_lm(num_layers=2, width=TINY["width"], mlp_dim=TINY["mlp_dim"])
+    decoder_before = [to_numpy(w).copy() for w in lm.decoder_blocks[0].weights]
+    init_lm_encoder_from_base_model(lm, base)
+    for mine, theirs in ((lm.image_embedding, base.image_embedding),
+                         (lm.encoder_posemb, base.position_embedding),
+                         (lm.encoder, base.encoder)):
+        for a, b in zip(mine.weights, theirs.weights):
+            np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    for a, b in zip(lm.decoder_blocks[0].weights, decoder_before):
+        np.testing.assert_array_equal(to_numpy(a), b)
+    with pytest.raises(ValueError, match="transformer"):
+        init_lm_encoder_from_base_model(tiny_lm(num_layers=1), base)

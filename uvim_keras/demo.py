@@ -195,17 +195,6 @@ def _lm(config, seed):
     )
 
 
-def _init_lm_encoder(lm, no_code):
-    """Starts the LM's image encoder from the trained no-code base model's
-    (patch embedding, position embedding, transformer): the same ViT trunk,
-    already trained to read the task from the image (the paper starts it from
-    an ImageNet ViT instead)."""
-    f = no_code.base_model
-    for mine, theirs in ((lm.image_embedding, f.image_embedding),
-                         (lm.encoder_posemb, f.position_embedding), (lm.encoder, f.encoder)):
-        mine.set_weights(theirs.get_weights())
-
-
 def _batched(fn, arrays, batch_size):
     outs = [fn({k: v[i:i + batch_size] for k, v in arrays.items()})
             for i in range(0, len(next(iter(arrays.values()))), batch_size)]
@@ -275,6 +264,7 @@ def run_demo(task="panoptic", out="uvim_demo", seed=0, quick=False, config=None,
 
     from uvim_keras import UViM
     from uvim_keras.data.synthetic import make_synthetic
+    from uvim_keras.pretrained import init_lm_encoder_from_base_model
 
     config = config or demo_config(task, quick)
     _check_args(task, seed, out, config)
@@ -312,7 +302,7 @@ def run_demo(task="panoptic", out="uvim_demo", seed=0, quick=False, config=None,
     codes = _batched(lambda b: _to_numpy(stage1.encode(b)), train, 256)
     lm = _lm(config, seed + 2)
     if config.lm_init_from_no_code:
-        _init_lm_encoder(lm, baseline)
+        init_lm_encoder_from_base_model(lm, baseline.base_model)
     lm.compile(optimizer=_schedule(config, config.stage2_epochs, config.train_examples))
     hist2 = lm.fit({"image": train["image"], "codes": codes}, batch_size=config.batch_size,
                    epochs=config.stage2_epochs, verbose=fit_verbose, shuffle=True).history

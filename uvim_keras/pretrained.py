@@ -46,6 +46,7 @@ from uvim_keras.models.lm import GuidingCodeLM
 
 __all__ = [
     "DEFAULT_DONT_LOAD",
+    "init_lm_encoder_from_base_model",
     "init_lm_encoder_from_vit",
     "resample_posemb",
     "vit_encoder_variable_map",
@@ -352,3 +353,42 @@ def _load(lm, entries, dont_load):
     if posemb is not None:
         posemb_layer.embedding.assign(posemb.astype(posemb_layer.embedding.dtype))
     return lm
+
+
+def init_lm_encoder_from_base_model(lm, base_model):
+    """Starts the LM's image encoder from a trained stage-I `BaseModel`'s trunk.
+
+    Copies the image patch embedding, the position embedding and the
+    transformer (blocks and final norm) of `base_model` -- typically the
+    no-code ablation's, a ViT already trained to read the task from the image
+    -- into `lm`'s encoder; the decoder is untouched. The demo's depth and
+    colorization recipes use it (their LMs could not learn the code from a
+    randomly initialised encoder on a few thousand images); the paper starts
+    from an ImageNet ViT instead (`init_lm_encoder_from_vit`).
+
+    Both must share the ViT geometry (input and patch size, width, depth,
+    heads, MLP size, position embedding) and the base model must see the
+    image (`with_image_ctx=True`).
+
+    Example:
+    >>> baseline = UViMStage1(task, zero_code=True, **sizes); baseline.fit(...)
+    >>> init_lm_encoder_from_base_model(lm, baseline.base_model)
+    """
+    if base_model.image_embedding is None:
+        raise ValueError(
+            "base_model has no image embedding (with_image_ctx=False); it cannot start "
+            "the LM's image encoder."
+        )
+    pairs = (("image_embedding", lm.image_embedding, base_model.image_embedding),
+             ("position embedding", lm.encoder_posemb, base_model.position_embedding),
+             ("transformer", lm.encoder, base_model.encoder))
+    for name, mine, theirs in pairs:
+        want = [tuple(w.shape) for w in mine.weights]
+        got = [tuple(w.shape) for w in theirs.weights]
+        if want != got:
+            raise ValueError(
+                f"base_model's {name} has weight shapes {got}; the LM's encoder expects "
+                f"{want} (same input/patch size, width, depth, heads and MLP size)."
+            )
+    for _, mine, theirs in pairs:
+        mine.set_weights(theirs.get_weights())
