@@ -222,28 +222,21 @@ def bench_ours(cfg, args):
     out = {}
     figures = set(args.only or FIGURES)
 
-    if "stage1_step_s" in figures:
-        m1 = build_stage1(cfg)
-        m1.compile(optimizer=keras.optimizers.Adafactor(1e-3))
-        (out["stage1_step_s"], out["stage1_step_min_s"],
-         out["stage1_first_step_s"]) = time_fit(
-            m1, {"image": image, "labels": labels}, B, args.warmup, args.steps)
+    def time_training(stage, model, data):
+        model.compile(optimizer=keras.optimizers.Adafactor(1e-3))
+        (out[f"{stage}_step_s"], out[f"{stage}_step_min_s"],
+         out[f"{stage}_first_step_s"]) = time_fit(model, data, B, args.warmup, args.steps)
         if args.train_on_batch:
-            batch1 = {"image": image[:B], "labels": labels[:B]}
-            out["stage1_train_on_batch_s"] = time_calls(
-                lambda: m1.train_on_batch(batch1), args.warmup, args.steps)[0]
-        del m1
+            batch = {k: v[:B] for k, v in data.items()}
+            out[f"{stage}_train_on_batch_s"] = time_calls(
+                lambda: model.train_on_batch(batch), args.warmup, args.steps)[0]
+
+    if "stage1_step_s" in figures:
+        time_training("stage1", build_stage1(cfg), {"image": image, "labels": labels})
 
     lm = build_lm(cfg)
     if "stage2_step_s" in figures:
-        lm.compile(optimizer=keras.optimizers.Adafactor(1e-3))
-        (out["stage2_step_s"], out["stage2_step_min_s"],
-         out["stage2_first_step_s"]) = time_fit(
-            lm, {"image": image, "codes": codes}, B, args.warmup, args.steps)
-        if args.train_on_batch:
-            batch2 = {"image": image[:B], "codes": codes[:B]}
-            out["stage2_train_on_batch_s"] = time_calls(
-                lambda: lm.train_on_batch(batch2), args.warmup, args.steps)[0]
+        time_training("stage2", lm, {"image": image, "codes": codes})
 
     if "greedy_decode_s" in figures:
         # A fresh (untrained) LM, as the reference decodes with its initial

@@ -11,7 +11,7 @@ subclass `UViMTask`, register it, and pass it to `UViMStage1` / `UViM`.
 import keras
 from keras import ops
 
-from uvim_keras.tasks import UViMTask, one_hot
+from uvim_keras.tasks import UViMTask, label_channel, one_hot, softmax_cross_entropy
 
 
 @keras.saving.register_keras_serializable(package="uvim_examples")
@@ -47,15 +47,14 @@ class SemanticSegmentationTask(UViMTask):
     # patch layout (B, G, c, P) the stage-I model trains in. Pixel-wise code
     # only has to pick the channel and reduce over that axis.
     def encode_labels(self, labels, axis=-1):
-        classes = ops.cast(ops.take(labels, 0, axis=axis), "int32")
+        classes = ops.cast(label_channel(labels, 0, axis), "int32")
         return {"classes": one_hot(classes, self.num_classes, axis)}
 
     def loss(self, labels, logits, axis=-1):
         target = self.encode_labels(labels, axis)["classes"]
-        logp = ops.log_softmax(ops.cast(logits["classes"], "float32"), axis=axis)
-        xent = -ops.sum(target * logp, axis=axis)
+        xent = softmax_cross_entropy(target, logits["classes"], axis)
         if self.ignore_class is not None:
-            keep = ops.take(labels, 0, axis=axis) != self.ignore_class
+            keep = label_channel(labels, 0, axis) != self.ignore_class
             xent = xent * ops.cast(keep, xent.dtype)
         return ops.mean(xent)
 

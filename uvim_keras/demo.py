@@ -226,9 +226,13 @@ def _evaluate(task_name, task, labels, prediction):
         m.update_state(labels[..., 0], prediction)
         return {k: float(v) for k, v in m.result().items()}
     err = np.mean((prediction - labels) ** 2)
-    chroma = np.mean(prediction.max(-1) - prediction.min(-1))
-    return {"MSE": float(err), "colourfulness": float(chroma),
-            "colourfulness_ground_truth": float(np.mean(labels.max(-1) - labels.min(-1)))}
+    return {"MSE": float(err), "colourfulness": colourfulness(prediction),
+            "colourfulness_ground_truth": colourfulness(labels)}
+
+
+def colourfulness(rgb):
+    """Mean over pixels of max - min of the RGB channels (0 for grey)."""
+    return float(np.mean(rgb.max(-1) - rgb.min(-1)))
 
 
 HEADLINE = {"panoptic": ("PQ", "higher"), "depth": ("RMSE", "lower"),
@@ -385,10 +389,6 @@ def _write_report(out, report):
 
 
 # -- bundled presets ------------------------------------------------------------------
-GENERATOR_NAMES = {"panoptic": "make_panoptic_shapes", "depth": "make_depth_scenes",
-                   "colorization": "make_colorization_shapes"}
-
-
 def _half_precision_h5(path):
     """Rewrites a Keras .weights.h5 file with its float32 arrays stored as
     float16 (Keras casts them back to the variables' float32 on load)."""
@@ -427,7 +427,7 @@ def save_demo_preset(out, task, preset_dir, half_precision=True):
     import keras
 
     import uvim_keras  # noqa: F401  (registers the classes)
-    from uvim_keras.data.synthetic import make_synthetic
+    from uvim_keras.data.synthetic import SYNTHETIC_TASKS, make_synthetic
 
     with open(os.path.join(out, f"{task}_report.json")) as f:
         report = json.load(f)
@@ -449,7 +449,8 @@ def save_demo_preset(out, task, preset_dir, half_precision=True):
         preset_dir,
         description=f"UViM trained by uvim-keras demo on the synthetic {task} data "
                     f"({size}x{size}), seed {seed}.{stored}",
-        dataset=f"uvim_keras.data.{GENERATOR_NAMES[task]}: {config['train_examples']} training "
+        dataset=f"uvim_keras.data.{SYNTHETIC_TASKS[task]['generator'].__name__}: "
+                f"{config['train_examples']} training "
                 f"images (seed {seed}); {head} on {config['eval_examples']} held-out images "
                 f"(seed {seed + 10_000})",
         metrics=metrics,

@@ -242,9 +242,11 @@ class BaseModel(_StageIViT):
         # deterministically (its decoder is called without `deterministic`).
         x = self.encoder(self.position_embedding(x), training=False)
         logits = {key: head(x) for head, key in zip(self.heads, self.label_channels)}
-        if layout == "patches":
-            return logits
-        return {k: unpatchify(v, self.patch_size, self.grid_size) for k, v in logits.items()}
+        return logits if layout == "patches" else self.image_layout(logits)
+
+    def image_layout(self, patch_logits):
+        """{key: (B, G, c, P)} per-patch logits -> {key: (B, H, W, c)}."""
+        return {k: unpatchify(v, self.patch_size, self.grid_size) for k, v in patch_logits.items()}
 
     def get_config(self):
         return {**super().get_config(), "head_zero_init": self.head_zero_init}

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from uvim_keras.layers import CodeDropout, VectorQuantizer, patchify, unpatchify
+from uvim_keras.layers import CodeDropout, VectorQuantizer, patchify
 from uvim_keras.models.checks import check_codes, check_image, check_same_batch, pair
 from uvim_keras.models.oracle import BaseModel, Oracle
 from uvim_keras.tasks import UViMTask, get_task
@@ -188,8 +188,7 @@ class UViMStage1(keras.Model):
             out = self._oracle_code(image, labels, training)
             code = self.code_dropout(out["quantized"], training=training)
         patch_logits = self.base_model(code, image=image, training=training, layout="patches")
-        f = self.base_model
-        logits = {k: unpatchify(v, f.patch_size, f.grid_size) for k, v in patch_logits.items()}
+        logits = self.base_model.image_layout(patch_logits)
         return {"logits": logits, "patch_logits": patch_logits, **out}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):

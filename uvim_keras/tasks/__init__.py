@@ -1,6 +1,6 @@
 """UViM tasks: how labels are encoded, reconstructed and turned into outputs."""
 
-from uvim_keras.tasks.base import UViMTask, label_channel, one_hot
+from uvim_keras.tasks.base import UViMTask, label_channel, one_hot, softmax_cross_entropy
 from uvim_keras.tasks.colorization import ColorizationTask
 from uvim_keras.tasks.depth import DepthTask
 from uvim_keras.tasks.panoptic import PanopticTask, panoptic_from_logits

@@ -119,6 +119,18 @@ def one_hot(ids, depth, axis=-1):
     return keras.ops.one_hot(ids, depth, axis=axis % rank)
 
 
+def softmax_cross_entropy(target, logits, axis=-1):
+    """Per-pixel softmax cross-entropy over the class axis `axis` (float32).
+
+    `target` is one-hot (or probabilities summing to 1) on that axis, so
+    -sum(target * log_softmax(logits)) = logsumexp(logits) - sum(target *
+    logits). Written with reductions only: TensorFlow's (log_)softmax
+    transposes any axis but the last one to the end and back.
+    """
+    logits = keras.ops.cast(logits, "float32")
+    return keras.ops.logsumexp(logits, axis=axis) - keras.ops.sum(target * logits, axis=axis)
+
+
 def _concrete(x):
     """x as a numpy array if it holds values (not a symbolic/traced tensor)."""
     if isinstance(x, np.ndarray):

@@ -3,8 +3,7 @@
 import keras
 from keras import ops
 
-from uvim_keras.tasks.base import UViMTask, label_channel, one_hot
-from uvim_keras.tasks.panoptic import softmax_cross_entropy
+from uvim_keras.tasks.base import UViMTask, label_channel, one_hot, softmax_cross_entropy
 
 
 @keras.saving.register_keras_serializable(package="uvim_keras")

@@ -3,19 +3,7 @@
 import keras
 from keras import ops
 
-from uvim_keras.tasks.base import UViMTask, label_channel, one_hot
-
-
-def softmax_cross_entropy(target, logits, axis=-1):
-    """Per-pixel softmax cross-entropy over the class axis `axis` (float32).
-
-    `target` is one-hot (or probabilities summing to 1) on that axis, so
-    -sum(target * log_softmax(logits)) = logsumexp(logits) - sum(target *
-    logits). Written with reductions only: TensorFlow's (log_)softmax
-    transposes any axis but the last one to the end and back.
-    """
-    logits = ops.cast(logits, "float32")
-    return ops.logsumexp(logits, axis=axis) - ops.sum(target * logits, axis=axis)
+from uvim_keras.tasks.base import UViMTask, label_channel, one_hot, softmax_cross_entropy
 
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
