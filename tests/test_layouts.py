@@ -72,3 +72,13 @@ def test_task_encoding_and_loss_agree_in_both_layouts(index):
                            {k: patchify(v, patch) for k, v in logits.items()}, axis=-2)
     np.testing.assert_allclose(float(to_numpy(patch_loss)), float(to_numpy(image_loss)),
                                rtol=1e-5)
+
+
+def test_unknown_layout_is_a_clear_error():
+    from helpers import tiny_stage1
+
+    model = tiny_stage1()
+    code = np.zeros((1, model.code_len, model.codeword_dim), "float32")
+    image = np.zeros((1, *model.input_size, 3), "float32")
+    with pytest.raises(ValueError, match=r"layout='pixels'; expected one of"):
+        model.base_model(code, image=image, layout="pixels")
