@@ -6,6 +6,11 @@ hang on XLA's fusion heuristics rather than on the maths.
 residual stream's gradient of every block above into each block's backward
 pass: loop fusions with 20-57 operands, recomputed per block (benchmarks/
 README.md). This test compiles an LM train step and counts such fusions.
+
+`layers.linear.Linear` stores the MLP kernels (out, in): with Keras' (in, out)
+layout XLA:CPU turns their weight gradients into dots with a column-major
+left operand, which YNNPACK refuses and Eigen runs at about half the speed
+(benchmarks/README.md). The tests below count such library dots.
 """
 
 import re
@@ -77,3 +82,40 @@ def test_the_check_detects_keras_layernorm_fusions(monkeypatch):
     if not oversized:
         pytest.skip("this XLA does not build the oversized fusions at this size")
     assert max(oversized) > MAX_FUSION_OPERANDS
+
+
+def _mlp_kernel_gradient_dots(hlo, width, mlp_dim):
+    """Dots of the entry computation (not YNNPACK fusions) shaped like an MLP
+    kernel: XLA:CPU runs those through Eigen."""
+    entry = hlo.split("\nENTRY ", 1)[1]
+    shapes = {f"f32[{width},{mlp_dim}]", f"f32[{mlp_dim},{width}]"}
+    found = re.findall(r"= (f32\[\d+,\d+\])\{[\d,]+\} dot\(", entry)
+    return [shape for shape in found if shape in shapes]
+
+
+def test_lm_mlp_weight_gradients_run_through_ynnpack():
+    lm = _deep_lm()
+    hlo = _train_step_hlo(lm, _lm_batch(lm))
+    assert "ynn_fusion" in hlo
+    assert _mlp_kernel_gradient_dots(hlo, lm.width, lm.mlp_dim) == []
+
+
+def test_the_check_detects_in_out_kernels(monkeypatch):
+    """With Keras' (in, out) kernels (`Dense`) the Eigen dots appear, so the
+    test above is not vacuous on this XLA version."""
+    from keras import ops
+
+    from uvim_keras.layers import linear
+
+    def build_in_out(self, input_shape):
+        self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units))
+        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
+        self.built = True
+
+    monkeypatch.setattr(linear.Linear, "build", build_in_out)
+    monkeypatch.setattr(linear.Linear, "call", lambda self, x: ops.matmul(x, self.kernel) + self.bias)
+    lm = _deep_lm()
+    dots = _mlp_kernel_gradient_dots(_train_step_hlo(lm, _lm_batch(lm)), lm.width, lm.mlp_dim)
+    if not dots:
+        pytest.skip("this XLA runs (in, out) kernel gradients through YNNPACK at this size")
+    assert len(dots) >= 2

@@ -1,7 +1,10 @@
 """The layout-independent pieces behind the fast train steps: flax-order
-LayerNorm equals Keras' LayerNormalization, and every task's label encoding
-and loss give the same values in patch layout (B, G, c, P) as in image
-layout (B, H, W, c)."""
+LayerNorm equals Keras' LayerNormalization, `Linear` ((out, in) kernel)
+equals `Dense` holding the transposed kernel, and every task's label
+encoding and loss give the same values in patch layout (B, G, c, P) as in
+image layout (B, H, W, c)."""
+
+import re
 
 import numpy as np
 import pytest
@@ -29,6 +32,72 @@ def test_layer_norm_equals_keras_layer_normalization_and_round_trips():
     clone.build(x.shape)
     clone.set_weights(ours.get_weights())
     np.testing.assert_array_equal(to_numpy(clone(x)), to_numpy(ours(x)))
+
+
+def test_linear_equals_dense_with_the_transposed_kernel_and_round_trips(tmp_path):
+    import keras
+
+    from uvim_keras.layers import Linear
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 5, 12)).astype("float32")
+    ours = Linear(7, name="linear")
+    ours.build(x.shape)
+    assert tuple(ours.kernel.shape) == (7, 12)
+    ours.kernel.assign(rng.normal(size=(7, 12)).astype("float32"))
+    ours.bias.assign(rng.normal(size=(7,)).astype("float32"))
+    theirs = keras.layers.Dense(7)
+    theirs.build(x.shape)
+    theirs.set_weights([to_numpy(ours.kernel).T, to_numpy(ours.bias)])
+    np.testing.assert_allclose(to_numpy(ours(x)), to_numpy(theirs(x)), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(to_numpy(ours.kernel_in_out()), to_numpy(ours.kernel).T)
+
+    clone = Linear.from_config(ours.get_config())
+    clone.build(x.shape)
+    clone.set_weights(ours.get_weights())
+    np.testing.assert_array_equal(to_numpy(clone(x)), to_numpy(ours(x)))
+
+    model = keras.Sequential([keras.Input((5, 12)), Linear(7, use_bias=False)])
+    path = str(tmp_path / "linear.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(to_numpy(loaded(x)), to_numpy(model(x)))
+    assert loaded.layers[0].bias is None
+
+
+def test_mlp_block_decoding_kernels_give_the_same_output():
+    from uvim_keras.layers import MlpBlock
+
+    x = np.random.default_rng(1).normal(size=(3, 1, 16)).astype("float32")
+    mlp = MlpBlock(mlp_dim=24)
+    y = to_numpy(mlp(x))
+    np.testing.assert_allclose(to_numpy(mlp.apply_kernels(x, mlp.kernels_in_out())), y,
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("units", [0, -3, 2.5])
+def test_linear_bad_units_is_a_clear_error(units):
+    from uvim_keras.layers import Linear
+
+    with pytest.raises(ValueError, match=rf"units={units!r}: expected a positive integer"):
+        Linear(units)
+
+
+def test_big_vision_layout_view_transposes_linear_kernels():
+    from uvim_keras.convert import BigVisionLayout, variable_map
+    from helpers import tiny_lm
+
+    lm = tiny_lm()
+    views = {n: v for n, v in variable_map(lm).items() if isinstance(v, BigVisionLayout)}
+    # every MLP kernel (encoder and decoder, both projections), nothing else
+    assert len(views) == 2 * (len(lm.encoder.blocks) + len(lm.decoder_blocks))
+    assert all(re.search(r"/(MlpBlock_0|MLP)/Dense_[01]/kernel$", n) for n in views)
+    name, view = sorted(views.items())[0]
+    value = np.arange(np.prod(view.shape), dtype="float32").reshape(view.shape)
+    view.assign(value)
+    np.testing.assert_array_equal(to_numpy(view.variable), value.T)
+    np.testing.assert_array_equal(view.numpy(), value)
+    assert view.shape == tuple(reversed(tuple(view.variable.shape)))
 
 
 def _tasks():

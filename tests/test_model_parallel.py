@@ -20,8 +20,8 @@ pytestmark = pytest.mark.skipif(
 M = "model"
 QKV = [None, M, None]
 OUT = [M, None, None]
-MLP_IN = [None, M]
-MLP_OUT = [M, None]
+MLP_IN = [M, None]  # Linear kernels are (out, in): the mlp_dim axis is sharded
+MLP_OUT = [None, M]
 
 
 def _attention(prefix):

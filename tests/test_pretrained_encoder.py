@@ -6,6 +6,8 @@ layouts of big_vision ViTs (`params/` prefix, linen names), AugReg files
 (stacked-block) big_vision ViTs.
 """
 
+import re
+
 import numpy as np
 import pytest
 
@@ -140,8 +142,14 @@ def reference_resample(posemb, gh, gw):
 
 
 def weights_by_suffix(lm):
+    """{path suffix: value} in the checkpoint's layout: the MLP kernels, which
+    `Linear` stores (out, in), transposed back to flax's (in, out)."""
     prefix = lm.name + "/"
-    return {v.path[len(prefix):]: to_numpy(v) for v in lm.weights}
+    out = {}
+    for v in lm.weights:
+        name, value = v.path[len(prefix):], to_numpy(v)
+        out[name] = value.T if re.search(r"mlp/dense_[01]/kernel$", name) else value
+    return out
 
 
 def lm_runs(lm):

@@ -3,10 +3,11 @@
 big_vision saves a flattened pytree with '/'-joined names (see
 `shared/fixtures/big_vision/README.md`): stage-I files hold `params/...` and
 `state/{dictionary,counts}`; stage-II files hold `params/...` or the bare
-parameter names. Kernel layouts already agree with ours (Dense (in, out),
+parameter names. Most kernel layouts agree with ours (Dense (in, out),
 attention (width, heads, head_dim) / (heads, head_dim, width), Conv HWIO,
-stems (c, P, width), heads (width, c, P)), so conversion is assignment by
-name with a shape check.
+stems (c, P, width), heads (width, c, P)) and convert by assignment by name
+with a shape check; the transformer MLPs' kernels, which our `Linear` stores
+(out, in), are transposed (`BigVisionLayout`).
 
 Typical use:
 
@@ -19,6 +20,7 @@ import os
 
 import numpy as np
 
+from uvim_keras.layers.linear import Linear
 from uvim_keras.models.lm import GuidingCodeLM
 from uvim_keras.models.stage1 import UViMStage1
 from uvim_keras.tasks import ColorizationTask, DepthTask, PanopticTask
@@ -113,8 +115,39 @@ def lm_from_big_vision_config(model_config, **kwargs):
 
 
 # -- name maps -------------------------------------------------------------------
+class BigVisionLayout:
+    """A 2-D variable seen in big_vision's (in, out) layout: the kernel of a
+    `Linear`, stored (out, in). `shape` is big_vision's, `assign` takes a
+    big_vision array and `numpy()` returns one; the name maps below use it in
+    place of the variable, so loaders need not know the difference."""
+
+    def __init__(self, variable):
+        self.variable = variable
+
+    @property
+    def shape(self):
+        return tuple(reversed(tuple(self.variable.shape)))
+
+    @property
+    def dtype(self):
+        return self.variable.dtype
+
+    @property
+    def path(self):
+        return self.variable.path
+
+    def assign(self, value):
+        self.variable.assign(np.transpose(np.asarray(value)))
+
+    def numpy(self):
+        return np.transpose(np.asarray(self.variable.numpy()))
+
+
 def _dense(prefix, layer):
-    return {f"{prefix}/kernel": layer.kernel, f"{prefix}/bias": layer.bias}
+    kernel = layer.kernel
+    if isinstance(layer, Linear):
+        kernel = BigVisionLayout(kernel)
+    return {f"{prefix}/kernel": kernel, f"{prefix}/bias": layer.bias}
 
 
 def _norm(prefix, layer):

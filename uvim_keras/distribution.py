@@ -80,8 +80,9 @@ _ANY = r"(?:.*/)?"
 _RULES = (
     (_ANY + r"[^/]*attention/(?:query|key|value)_kernel", 1, 3),
     (_ANY + r"[^/]*attention/out_kernel", 0, 3),
-    (_ANY + r"mlp/dense_0/kernel", 1, 2),
-    (_ANY + r"mlp/dense_1/kernel", 0, 2),
+    # `Linear` kernels are (out, in): shard the mlp_dim axis of both.
+    (_ANY + r"mlp/dense_0/kernel", 0, 2),
+    (_ANY + r"mlp/dense_1/kernel", 1, 2),
     (_ANY + r"quantizer/dictionary", 0, 2),
 )
 

@@ -7,11 +7,14 @@ big_vision (flax) conventions reproduced here:
 * attention scales the query by 1/sqrt(head_dim), softmax in float32;
 * query/key/value kernels have shape (width, heads, head_dim) and the output
   kernel (heads, head_dim, width), the layout flax checkpoints use, so weights
-  convert by plain assignment.
+  convert by plain assignment; the MLP kernels are stored (out, in)
+  (`Linear`) and convert by transposition.
 """
 
 import keras
 from keras import ops
+
+from uvim_keras.layers.linear import Linear
 
 LAYER_NORM_EPSILON = 1e-6
 
@@ -64,7 +67,10 @@ def _shape(x):
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
 class MlpBlock(keras.layers.Layer):
-    """Dense(mlp_dim) -> tanh-GELU -> dropout -> Dense(width).
+    """Linear(mlp_dim) -> tanh-GELU -> dropout -> Linear(width).
+
+    The two projections are `Linear` layers (kernels stored (out, in); see
+    there why); big_vision's `MlpBlock_0/Dense_0|1` convert by transposition.
 
     Example:
     >>> block = MlpBlock(mlp_dim=64)
@@ -75,22 +81,32 @@ class MlpBlock(keras.layers.Layer):
         super().__init__(**kwargs)
         self.mlp_dim = mlp_dim
         self.dropout = dropout
-        self.dense_0 = keras.layers.Dense(mlp_dim, name="dense_0")
+        self.dense_0 = Linear(mlp_dim, name="dense_0")
         self.dense_1 = None
         self.drop = keras.layers.Dropout(dropout)
 
     def build(self, input_shape):
         width = input_shape[-1]
         self.dense_0.build(input_shape)
-        self.dense_1 = keras.layers.Dense(width, name="dense_1")
+        self.dense_1 = Linear(width, name="dense_1")
         self.dense_1.build(tuple(input_shape[:-1]) + (self.mlp_dim,))
         self.built = True
 
     def call(self, x, training=None):
-        x = self.dense_0(x)
-        x = keras.activations.gelu(x, approximate=True)
+        x = keras.activations.gelu(self.dense_0(x), approximate=True)
         x = self.drop(x, training=training)
         return self.dense_1(x)
+
+    def kernels_in_out(self):
+        """Both kernels as (in, out) matrices, for `apply_kernels`."""
+        return self.dense_0.kernel_in_out(), self.dense_1.kernel_in_out()
+
+    def apply_kernels(self, x, kernels):
+        """Inference with `kernels_in_out()` made once outside a decoding loop
+        (XLA:CPU would otherwise transpose both kernels at every step)."""
+        x = keras.activations.gelu(ops.matmul(x, kernels[0]) + self.dense_0.bias,
+                                   approximate=True)
+        return ops.matmul(x, kernels[1]) + self.dense_1.bias
 
     def get_config(self):
         return {**super().get_config(), "mlp_dim": self.mlp_dim, "dropout": self.dropout}
@@ -358,6 +374,7 @@ class DecoderBlock(keras.layers.Layer):
             "cross_out_kernel": ops.reshape(ca.out_kernel, (hd, width)),
             "cross_keys": heads(ops.matmul(encoded, matrix(ca.key_kernel))),
             "cross_values": heads(ops.matmul(encoded, matrix(ca.value_kernel))),
+            "mlp_kernels": self.mlp.kernels_in_out(),
         }
 
     def decode_step(self, x, index, cache_k, cache_v, prepared):
@@ -389,7 +406,8 @@ class DecoderBlock(keras.layers.Layer):
         q = split(ops.matmul(self.norm_2(x), prepared["cross_query_kernel"])) / scale
         y = _attend_heads(q, prepared["cross_keys"], prepared["cross_values"])
         x = x + ops.matmul(y, prepared["cross_out_kernel"])
-        return x + self.mlp(self.norm_3(x), training=False), cache_k, cache_v
+        y = self.mlp.apply_kernels(self.norm_3(x), prepared["mlp_kernels"])
+        return x + y, cache_k, cache_v
 
     def get_config(self):
         return {
