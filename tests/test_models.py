@@ -153,6 +153,14 @@ def test_uvim_sample_shapes_and_seed():
     np.testing.assert_array_equal(a, b)
     greedy = uvim.predict(images, verbose=0)
     np.testing.assert_array_equal(uvim.sample(images, 1, temperature=0.0)[:, 0], greedy)
+    # sampled predictions do not depend on how the images are batched
+    runs = [uvim.predict(images, batch_size=bs, temperature=1.0, seed=3, verbose=0)
+            for bs in (1, 2, 3)]
+    for run in runs[1:]:
+        np.testing.assert_array_equal(run, runs[0])
+    np.testing.assert_array_equal(uvim.sample(images, 1, temperature=1.0, seed=3)[:, 0], runs[0])
+    with pytest.raises(ValueError, match=r"seed=1\.5: expected None or an int"):
+        uvim.sample(images, temperature=1.0, seed=1.5)
 
 
 # -- bad input ----------------------------------------------------------------------

@@ -5,6 +5,7 @@ served from the big_vision fixtures by an HTTP server on 127.0.0.1."""
 
 import json
 import os
+import pathlib
 import shutil
 
 import numpy as np
@@ -346,6 +347,52 @@ def test_uvim_preset_round_trip_and_layout(tmp_path, tiny_uvim):
         np.testing.assert_array_equal(to_numpy(getattr(stage1.quantizer, name)),
                                       to_numpy(getattr(tiny_uvim.quantizer, name)))
     assert stage1.get_config() == {**tiny_uvim.stage1.get_config(), "name": stage1.name}
+
+
+def _make_layout_1(path):
+    """Turns a preset folder into what an older uvim-keras wrote: MLP kernels
+    (in, out) and no `weights_layout` in uvim_preset.json."""
+    from uvim_keras.presets import layout
+
+    for name in os.listdir(path):
+        if name.endswith(".weights.h5"):
+            layout._transpose_mlp_kernels(os.path.join(path, name))
+    info = json.loads((path / "uvim_preset.json").read_text())
+    del info["weights_layout"]
+    (path / "uvim_preset.json").write_text(json.dumps(info))
+
+
+def test_older_weights_layout_is_refused_then_upgraded(tmp_path, tiny_uvim):
+    from uvim_keras import UViM
+    from uvim_keras.presets import PresetError, WEIGHTS_LAYOUT, upgrade_weights_layout
+
+    path = tmp_path / "old"
+    tiny_uvim.save_to_preset(str(path))
+    assert json.loads((path / "uvim_preset.json").read_text())["weights_layout"] == WEIGHTS_LAYOUT
+    assert upgrade_weights_layout(path) == 0  # current: nothing to do
+    _make_layout_1(path)
+    with pytest.raises(PresetError, match=r"stores its MLP kernels \(in, out\).*"
+                                          r"upgrade_weights_layout"):
+        UViM.from_preset(str(path))
+    mlps = 2 * (tiny_uvim.lm.num_layers * 2 + len(tiny_uvim.stage1.oracle.encoder.blocks)
+                + len(tiny_uvim.stage1.base_model.encoder.blocks))
+    assert upgrade_weights_layout(path) == mlps
+    assert sorted(os.listdir(tmp_path)) == ["old"]  # no staging folders left
+    loaded = UViM.from_preset(str(path))
+    for a, b in zip(tiny_uvim.weights, loaded.weights):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b), err_msg=a.path)
+
+
+def test_outdated_cached_conversion_is_upgraded_in_place(tmp_path, tiny_uvim, cache_dir):
+    from uvim_keras.presets import cache
+
+    _ = cache_dir
+    path = cache.preset_cache_path("some_named_preset")
+    tiny_uvim.save_to_preset(path)
+    _make_layout_1(pathlib.Path(path))
+    assert cache.cached_preset("some_named_preset") == path
+    info = json.loads(open(os.path.join(path, "uvim_preset.json")).read())
+    assert info["weights_layout"] == 2
 
 
 @pytest.mark.multibackend

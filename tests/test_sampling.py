@@ -137,6 +137,23 @@ def test_samples_equal_decoding_repeated_images(lm, images):
     np.testing.assert_array_equal(once.reshape(-1, CFG["code_len"]), repeated)
 
 
+def test_per_image_seeds_make_samples_independent_of_the_batch(lm, images):
+    seeds = [11 + i for i in range(NUM_IMAGES)]
+    together = _sample(lm, images, seed=seeds)
+    # the same images in another order, with their own seeds, give the same codes
+    order = np.arange(NUM_IMAGES)[::-1]
+    shuffled = _sample(lm, images[order], seed=[seeds[i] for i in order])
+    np.testing.assert_array_equal(shuffled, together[order])
+    assert not np.array_equal(_sample(lm, images, seed=seeds[::-1]), together)
+
+
+@pytest.mark.parametrize("seed", [[1, 2], [1.0] * NUM_IMAGES, "abc"])
+def test_bad_per_image_seeds_raise(lm, images, seed):
+    with pytest.raises(ValueError, match=rf"seed=.*expected None, an int or a sequence of "
+                                         rf"{NUM_IMAGES} ints"):
+        lm.generate(images, temperature=1.0, seed=seed)
+
+
 def test_top_k_one_equals_greedy(lm, images):
     greedy = to_numpy(lm.generate(images))
     for seed in (0, 1):

@@ -8,7 +8,7 @@ from uvim_keras.backend import compile_stateless
 from uvim_keras.layers import DecoderBlock, PatchEmbedding, PositionEmbedding, TransformerEncoder
 from uvim_keras.layers.transformer import layer_norm
 from uvim_keras.models.checks import check_codes, check_image, check_same_batch, grid_size, pair
-from uvim_keras.models.sampling import gumbel_noise, select_tokens
+from uvim_keras.models.sampling import decoding_noise, select_tokens
 
 BOS = 0
 
@@ -198,7 +198,9 @@ class GuidingCodeLM(keras.Model):
           top_k: if > 0, sample among the k most likely tokens only.
           top_p: if > 0, sample from the smallest set of tokens whose
             probability mass reaches top_p (nucleus sampling).
-          seed: int for reproducible sampling.
+          seed: int for reproducible sampling, or a sequence of ints, one
+            per image: each image's codes then depend on its own seed only,
+            not on the other images of the batch.
           mask_bos: never emit token 0 (see the class docstring).
         Returns:
           int32 codes in [0, dict_size): (B, code_len) when num_samples == 1,
@@ -208,11 +210,10 @@ class GuidingCodeLM(keras.Model):
         check_image(images, self.input_size)
         images = ops.convert_to_tensor(images, self.compute_dtype)
         batch = images.shape[0]
-        n = batch * num_samples
         greedy = temperature == 0
         noise = None
         if not greedy:
-            noise = gumbel_noise((self.code_len, n, self.vocab_size), seed)
+            noise = decoding_noise(self.code_len, batch, num_samples, self.vocab_size, seed)
         key = (greedy, float(temperature), int(top_k), float(top_p), bool(mask_bos),
                int(num_samples))
         if key not in self._generators:

@@ -6,6 +6,7 @@ seed gives the same codes on every call.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 NEG_INF = -1e30
@@ -15,6 +16,33 @@ def gumbel_noise(shape, seed=None):
     """Standard Gumbel noise, float32."""
     u = keras.random.uniform(shape, minval=1e-20, maxval=1.0, seed=seed)
     return -ops.log(-ops.log(u))
+
+
+def image_seeds(seed, start, count):
+    """Per-image sampling seeds for images `start .. start + count - 1` of a
+    run seeded with `seed`: well-mixed 31-bit ints from (seed, index), so an
+    image's sample does not depend on the batch it is decoded in."""
+    return [int(np.random.SeedSequence([int(seed), start + i]).generate_state(1)[0] >> 1)
+            for i in range(count)]
+
+
+def decoding_noise(code_len, batch, num_samples, vocab_size, seed):
+    """Gumbel noise (code_len, batch * num_samples, vocab_size) for sampling.
+
+    `seed` is None (unseeded), an int (one draw for the whole batch) or a
+    sequence of `batch` ints, one per image: image b's `num_samples` codes
+    then use only its own seed (rows b * num_samples .. (b + 1) * num_samples - 1).
+    """
+    if seed is None or isinstance(seed, (int, np.integer)):
+        return gumbel_noise((code_len, batch * num_samples, vocab_size), seed)
+    seeds = list(seed)
+    if len(seeds) != batch or not all(isinstance(s, (int, np.integer)) for s in seeds):
+        raise ValueError(
+            f"seed={seed!r}: expected None, an int or a sequence of {batch} ints "
+            "(one per image)."
+        )
+    return ops.concatenate(
+        [gumbel_noise((code_len, num_samples, vocab_size), int(s)) for s in seeds], axis=1)
 
 
 def select_tokens(logits, noise, temperature, top_k=0, top_p=0.0, mask_bos=True):

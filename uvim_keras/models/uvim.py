@@ -9,6 +9,7 @@ from uvim_keras.layers import VectorQuantizer
 from uvim_keras.models.checks import check_image
 from uvim_keras.models.lm import GuidingCodeLM
 from uvim_keras.models.oracle import BaseModel
+from uvim_keras.models.sampling import image_seeds
 from uvim_keras.models.stage1 import UViMStage1, classproperty, resolve_task
 
 
@@ -171,10 +172,21 @@ class UViM(keras.Model):
         return self._decoders["decode"]
 
     def sample(self, images, num_samples=1, temperature=None, seed=None, top_k=0, top_p=0.0):
-        """`num_samples` outputs per image: (B, num_samples, ...) numpy."""
+        """`num_samples` outputs per image: (B, num_samples, ...) numpy.
+
+        With an int `seed`, image i's samples are drawn with a seed made from
+        (seed, i): the same image at the same position gives the same
+        samples whatever else is in the batch."""
+        return self._sample(images, num_samples, temperature, seed, 0, top_k, top_p)
+
+    def _sample(self, images, num_samples, temperature, seed, start, top_k=0, top_p=0.0):
         images = np.asarray(keras.ops.convert_to_numpy(images), "float32")
         check_image(images, self.input_size)
         temperature = self.default_temperature if temperature is None else temperature
+        if seed is not None:
+            if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+                raise ValueError(f"seed={seed!r}: expected None or an int.")
+            seed = image_seeds(seed, start, len(images))
         codes = self.lm.generate(
             images, num_samples=num_samples, temperature=temperature, top_k=top_k,
             top_p=top_p, seed=seed,
@@ -188,8 +200,9 @@ class UViM(keras.Model):
         """Task outputs for images (N, H, W, 3) in [-1, 1], batch by batch.
 
         Greedy codes unless the task's default (or the given) temperature is
-        > 0. Returns numpy: panoptic (N, H, W, 2) int32, depth (N, H, W),
-        colorization (N, H, W, 3).
+        > 0; sampled codes use per-image seeds made from (seed, image index),
+        so `batch_size` does not change the outputs. Returns numpy: panoptic
+        (N, H, W, 2) int32, depth (N, H, W), colorization (N, H, W, 3).
         """
         if kwargs:
             raise ValueError(f"unsupported predict arguments: {sorted(kwargs)}.")
@@ -199,8 +212,7 @@ class UViM(keras.Model):
         progress = keras.utils.Progbar(len(images)) if verbose not in (0, False) else None
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            step_seed = None if seed is None else seed + start
-            outputs.append(self.sample(chunk, 1, temperature, step_seed)[:, 0])
+            outputs.append(self._sample(chunk, 1, temperature, seed, start)[:, 0])
             if progress is not None:
                 progress.add(len(chunk))
         return np.concatenate(outputs, axis=0)

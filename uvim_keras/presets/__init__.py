@@ -12,6 +12,7 @@ Importing this package does not import keras-hub; loading and saving do.
 
 from uvim_keras.presets.api import PresetError, install, load_stage1, load_uvim, resolve
 from uvim_keras.presets.cache import DownloadError, cache_root, cached_preset, remove_preset
+from uvim_keras.presets.layout import WEIGHTS_LAYOUT, upgrade_weights_layout
 from uvim_keras.presets.registry import (
     PRESETS,
     PresetSpec,
@@ -23,9 +24,10 @@ from uvim_keras.presets.registry import (
 from uvim_keras.presets.upload import upload_preset
 
 __all__ = [
-    "PRESETS", "DownloadError", "PresetError", "PresetSpec", "cache_root", "cached_preset",
-    "get_preset", "install", "load_stage1", "load_uvim", "named_presets", "preset_status",
-    "register_preset", "remove_preset", "resolve", "unregister_preset", "upload_preset",
+    "PRESETS", "WEIGHTS_LAYOUT", "DownloadError", "PresetError", "PresetSpec", "cache_root",
+    "cached_preset", "get_preset", "install", "load_stage1", "load_uvim", "named_presets",
+    "preset_status", "register_preset", "remove_preset", "resolve", "unregister_preset",
+    "upgrade_weights_layout", "upload_preset",
 ]
 
 

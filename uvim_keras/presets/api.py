@@ -15,7 +15,7 @@ A preset handle is one of
 import json
 import os
 
-from uvim_keras.presets import cache, registry
+from uvim_keras.presets import cache, layout, registry
 from uvim_keras.presets.bundled import bundled_preset
 from uvim_keras.presets.cache import DownloadError
 
@@ -69,6 +69,7 @@ def resolve(preset, want, load_weights=True, progress=True):
         return install(target, progress=progress), spec
     bundled = bundled_preset(preset)
     if bundled is not None:
+        layout.check_weights_layout(bundled, PresetError)
         return os.fspath(bundled), None
     if os.path.isdir(preset):
         if not os.path.isfile(os.path.join(preset, "config.json")):
@@ -76,6 +77,7 @@ def resolve(preset, want, load_weights=True, progress=True):
                 f"{preset} is a folder but not a preset (no config.json). Presets are written "
                 "by save_to_preset or `uvim-keras convert`."
             )
+        layout.check_weights_layout(preset, PresetError)
         return preset, None
     if is_remote(preset):
         return preset, None
@@ -223,6 +225,7 @@ def _card_info(model, kind, info, card):
         raise TypeError(f"unexpected model card fields: {sorted(unknown)}.")
     info.setdefault("task", task_name(model.task))
     info["kind"] = kind
+    info[layout.LAYOUT_KEY] = layout.WEIGHTS_LAYOUT
     info.setdefault("metrics", {})
     if kind == "uvim":
         info["temperature"] = model.default_temperature

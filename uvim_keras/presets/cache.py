@@ -23,6 +23,8 @@ import urllib.error
 import urllib.request
 import zipfile
 
+from uvim_keras.presets import layout
+
 PRESET_MARKER = "uvim_preset.json"
 USER_AGENT = "uvim-keras"
 _STALE_SECONDS = 24 * 3600
@@ -61,11 +63,15 @@ def preset_cache_path(name):
 
 
 def cached_preset(name):
-    """The converted preset folder of `name` if it is complete, else None."""
+    """The converted preset folder of `name` if it is complete, else None.
+    A conversion made by an older uvim-keras (MLP kernels (in, out)) is
+    upgraded in place first (`layout.upgrade_weights_layout`)."""
     path = preset_cache_path(name)
     if os.path.isfile(os.path.join(path, PRESET_MARKER)) and os.path.isfile(
         os.path.join(path, "config.json")
     ):
+        if layout.is_outdated(path):
+            layout.upgrade_weights_layout(path)
         return path
     return None
 

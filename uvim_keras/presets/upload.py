@@ -3,7 +3,7 @@
 import json
 import os
 
-from uvim_keras.presets import cache
+from uvim_keras.presets import cache, layout
 from uvim_keras.presets.api import PresetError, preset_info
 from uvim_keras.presets.model_card import is_generated, write_model_card
 
@@ -27,6 +27,7 @@ def check_preset_dir(preset_dir):
     if not str(config.get("registered_name", "")).startswith("uvim_keras>"):
         raise PresetError(f"{preset_dir} is not a UViM preset (config.json holds "
                           f"{config.get('registered_name')!r}).")
+    layout.check_weights_layout(preset_dir, PresetError)
     files = os.listdir(preset_dir)
     if "model.weights.h5" not in files and not any(
         f.startswith("model_") and f.endswith(".weights.h5") for f in files

@@ -1,0 +1,115 @@
+"""The layout of a preset's weights, and the upgrade of older presets.
+
+`uvim_preset.json` records `weights_layout`:
+
+* 1 (or no such key): the transformer MLP kernels are stored (in, out), as
+  Keras' `Dense` (presets written before `layers.linear.Linear`);
+* 2: they are stored (out, in), as `Linear` holds them.
+
+Keras loads weights by path and shape only, so a layout-1 file would fail with
+a shape error (or, for a square MLP, load transposed). Loading therefore
+checks the layout first: cached conversions of named presets are upgraded in
+place (the cache is ours), any other preset folder gets a `PresetError`
+naming `upgrade_weights_layout`, which rewrites it.
+
+>>> from uvim_keras.presets import upgrade_weights_layout
+>>> upgrade_weights_layout("my_old_preset")  # once; then UViM.from_preset works
+"""
+
+import json
+import os
+import re
+import shutil
+
+WEIGHTS_LAYOUT = 2
+LAYOUT_KEY = "weights_layout"
+_MARKER = "uvim_preset.json"
+# Keras' h5 paths of the MLP kernels: ".../mlp/dense_0/vars/0" (vars/1 is the bias).
+_MLP_KERNEL = re.compile(r"(?:^|/)mlp/dense_[01]/vars/0$")
+
+
+def _read_info(preset_dir):
+    path = os.path.join(preset_dir, _MARKER)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def weights_layout(preset_dir):
+    """The `weights_layout` of a local preset folder (1 when not recorded),
+    or None when the folder has no `uvim_preset.json`."""
+    info = _read_info(preset_dir)
+    return None if info is None else int(info.get(LAYOUT_KEY, 1))
+
+
+def is_outdated(preset_dir):
+    layout = weights_layout(preset_dir)
+    return layout is not None and layout < WEIGHTS_LAYOUT
+
+
+def check_weights_layout(preset_dir, error=ValueError):
+    """Raises `error` when the folder's weights are in an older layout."""
+    if is_outdated(preset_dir):
+        raise error(
+            f"preset {os.fspath(preset_dir)} stores its MLP kernels (in, out) "
+            f"(weights_layout {weights_layout(preset_dir)}); this uvim-keras stores them "
+            f"(out, in) (weights_layout {WEIGHTS_LAYOUT}). Upgrade the folder once with "
+            f"uvim_keras.presets.upgrade_weights_layout({os.fspath(preset_dir)!r})."
+        )
+
+
+def _transpose_mlp_kernels(path):
+    """Transposes the MLP kernels of one `.weights.h5` file in place; returns
+    how many there were."""
+    import h5py
+
+    with h5py.File(path, "r+") as h5:
+        names = []
+        h5.visititems(lambda name, obj: names.append(name)
+                      if isinstance(obj, h5py.Dataset) and _MLP_KERNEL.search(name) else None)
+        for name in names:
+            value, attrs = h5[name][()], dict(h5[name].attrs)
+            if value.ndim != 2:
+                raise ValueError(f"{path}: {name} has shape {value.shape}; expected a matrix.")
+            del h5[name]
+            h5.create_dataset(name, data=value.T.copy()).attrs.update(attrs)
+    return len(names)
+
+
+def upgrade_weights_layout(preset_dir):
+    """Rewrites a preset folder saved with (in, out) MLP kernels in the current
+    layout; returns the number of kernels transposed (0 when the folder is
+    already current).
+
+    The upgrade is made in a copy of the folder that replaces the original
+    only when complete (two renames), so an interrupted run leaves the old
+    folder (or, between the renames, `<folder>.upgrade-old`) intact.
+    """
+    preset_dir = os.path.normpath(os.fspath(preset_dir))
+    info = _read_info(preset_dir)
+    if info is None:
+        raise ValueError(f"{preset_dir} has no {_MARKER}: not a uvim-keras preset folder.")
+    if int(info.get(LAYOUT_KEY, 1)) >= WEIGHTS_LAYOUT:
+        return 0
+    staging, old = preset_dir + ".upgrade-tmp", preset_dir + ".upgrade-old"
+    for leftover in (staging, old):
+        if os.path.exists(leftover):
+            raise ValueError(f"{leftover} exists (an earlier upgrade was interrupted); "
+                             "check which folder is complete and remove the other.")
+    shutil.copytree(preset_dir, staging)
+    try:
+        count = sum(
+            _transpose_mlp_kernels(os.path.join(staging, name))
+            for name in sorted(os.listdir(staging)) if name.endswith(".weights.h5")
+        )
+        info[LAYOUT_KEY] = WEIGHTS_LAYOUT
+        with open(os.path.join(staging, _MARKER), "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=2, sort_keys=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    os.rename(preset_dir, old)
+    os.rename(staging, preset_dir)
+    shutil.rmtree(old)
+    return count
