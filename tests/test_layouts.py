@@ -52,6 +52,15 @@ def test_linear_equals_dense_with_the_transposed_kernel_and_round_trips(tmp_path
     np.testing.assert_allclose(to_numpy(ours(x)), to_numpy(theirs(x)), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(to_numpy(ours.kernel_in_out()), to_numpy(ours.kernel).T)
 
+    # initialised as Dense would be: the same values for the same seed
+    keras.utils.set_random_seed(3)
+    fresh = Linear(7)
+    fresh.build(x.shape)
+    keras.utils.set_random_seed(3)
+    dense = keras.layers.Dense(7)
+    dense.build(x.shape)
+    np.testing.assert_array_equal(to_numpy(fresh.kernel), to_numpy(dense.kernel).T)
+
     clone = Linear.from_config(ours.get_config())
     clone.build(x.shape)
     clone.set_weights(ours.get_weights())

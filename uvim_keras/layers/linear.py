@@ -54,11 +54,16 @@ class Linear(keras.layers.Layer):
             )
         self.kernel = self.add_weight(
             name="kernel", shape=(self.units, int(input_dim)),
-            initializer=self.kernel_initializer)
+            initializer=self._transposed_initializer)
         if self.use_bias:
             self.bias = self.add_weight(
                 name="bias", shape=(self.units,), initializer=self.bias_initializer)
         self.built = True
+
+    def _transposed_initializer(self, shape, dtype=None):
+        # Drawn in Dense's (in, out) shape and transposed: the same initial
+        # values as `Dense` for the same seed (fan-in/fan-out agree as well).
+        return ops.transpose(self.kernel_initializer((shape[1], shape[0]), dtype=dtype))
 
     def kernel_in_out(self):
         """The kernel as an (input_dim, units) matrix (a transposed copy)."""
