@@ -381,6 +381,11 @@ def test_older_weights_layout_is_refused_then_upgraded(tmp_path, tiny_uvim):
     loaded = UViM.from_preset(str(path))
     for a, b in zip(tiny_uvim.weights, loaded.weights):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b), err_msg=a.path)
+    # a folder from a newer uvim-keras is refused too, not misread
+    info = json.loads((path / "uvim_preset.json").read_text())
+    (path / "uvim_preset.json").write_text(json.dumps({**info, "weights_layout": 99}))
+    with pytest.raises(PresetError, match="weights_layout 99, written by a newer uvim-keras"):
+        UViM.from_preset(str(path))
 
 
 def test_outdated_cached_conversion_is_upgraded_in_place(tmp_path, tiny_uvim, cache_dir):

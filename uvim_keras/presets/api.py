@@ -58,11 +58,15 @@ def resolve(preset, want, load_weights=True, progress=True):
             path = cache.cached_preset(spec.name)
             if path is None and load_weights:
                 path = install(spec, progress=progress)
+            if path is not None:
+                layout.check_weights_layout(path, PresetError)
             return path, spec
         # A stage-I model: any cached preset with this stage-I checkpoint will do.
         for candidate in (spec, registry.stage1_sibling(spec), registry.complete_sibling(spec)):
             if candidate is not None and cache.cached_preset(candidate.name):
-                return cache.cached_preset(candidate.name), spec
+                path = cache.cached_preset(candidate.name)
+                layout.check_weights_layout(path, PresetError)
+                return path, spec
         if not load_weights:
             return None, spec
         target = spec if spec.kind == "stage1" else (registry.stage1_sibling(spec) or spec)

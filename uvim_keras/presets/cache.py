@@ -24,8 +24,8 @@ import urllib.request
 import zipfile
 
 from uvim_keras.presets import layout
+from uvim_keras.presets.layout import PRESET_MARKER
 
-PRESET_MARKER = "uvim_preset.json"
 USER_AGENT = "uvim-keras"
 _STALE_SECONDS = 24 * 3600
 

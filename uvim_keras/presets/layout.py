@@ -23,13 +23,13 @@ import shutil
 
 WEIGHTS_LAYOUT = 2
 LAYOUT_KEY = "weights_layout"
-_MARKER = "uvim_preset.json"
+PRESET_MARKER = "uvim_preset.json"  # a preset folder's own record (also `cache.PRESET_MARKER`)
 # Keras' h5 paths of the MLP kernels: ".../mlp/dense_0/vars/0" (vars/1 is the bias).
 _MLP_KERNEL = re.compile(r"(?:^|/)mlp/dense_[01]/vars/0$")
 
 
 def _read_info(preset_dir):
-    path = os.path.join(preset_dir, _MARKER)
+    path = os.path.join(preset_dir, PRESET_MARKER)
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
@@ -49,7 +49,13 @@ def is_outdated(preset_dir):
 
 
 def check_weights_layout(preset_dir, error=ValueError):
-    """Raises `error` when the folder's weights are in an older layout."""
+    """Raises `error` when the folder's weights are in another layout."""
+    layout = weights_layout(preset_dir)
+    if layout is not None and layout > WEIGHTS_LAYOUT:
+        raise error(
+            f"preset {os.fspath(preset_dir)} has weights_layout {layout}, written by a newer "
+            f"uvim-keras; this one reads layout {WEIGHTS_LAYOUT}. Upgrade uvim-keras."
+        )
     if is_outdated(preset_dir):
         raise error(
             f"preset {os.fspath(preset_dir)} stores its MLP kernels (in, out) "
@@ -89,7 +95,7 @@ def upgrade_weights_layout(preset_dir):
     preset_dir = os.path.normpath(os.fspath(preset_dir))
     info = _read_info(preset_dir)
     if info is None:
-        raise ValueError(f"{preset_dir} has no {_MARKER}: not a uvim-keras preset folder.")
+        raise ValueError(f"{preset_dir} has no {PRESET_MARKER}: not a uvim-keras preset folder.")
     if int(info.get(LAYOUT_KEY, 1)) >= WEIGHTS_LAYOUT:
         return 0
     staging, old = preset_dir + ".upgrade-tmp", preset_dir + ".upgrade-old"
@@ -104,7 +110,7 @@ def upgrade_weights_layout(preset_dir):
             for name in sorted(os.listdir(staging)) if name.endswith(".weights.h5")
         )
         info[LAYOUT_KEY] = WEIGHTS_LAYOUT
-        with open(os.path.join(staging, _MARKER), "w", encoding="utf-8") as f:
+        with open(os.path.join(staging, PRESET_MARKER), "w", encoding="utf-8") as f:
             json.dump(info, f, indent=2, sort_keys=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
