@@ -356,7 +356,7 @@ def _make_layout_1(path):
 
     for name in os.listdir(path):
         if name.endswith(".weights.h5"):
-            layout._transpose_mlp_kernels(os.path.join(path, name))
+            layout.transpose_mlp_kernels(os.path.join(path, name))
     info = json.loads((path / "uvim_preset.json").read_text())
     del info["weights_layout"]
     (path / "uvim_preset.json").write_text(json.dumps(info))
@@ -388,16 +388,21 @@ def test_older_weights_layout_is_refused_then_upgraded(tmp_path, tiny_uvim):
         UViM.from_preset(str(path))
 
 
-def test_outdated_cached_conversion_is_upgraded_in_place(tmp_path, tiny_uvim, cache_dir):
-    from uvim_keras.presets import cache
+def test_outdated_cached_conversion_is_upgraded_when_loaded(tmp_path, tiny_uvim, cache_dir):
+    from uvim_keras.presets import api, cache
 
     _ = cache_dir
     path = cache.preset_cache_path("some_named_preset")
     tiny_uvim.save_to_preset(path)
     _make_layout_1(pathlib.Path(path))
+
+    def layout():
+        return json.loads(open(os.path.join(path, "uvim_preset.json")).read()).get("weights_layout")
+
     assert cache.cached_preset("some_named_preset") == path
-    info = json.loads(open(os.path.join(path, "uvim_preset.json")).read())
-    assert info["weights_layout"] == 2
+    assert layout() is None  # listing the cache changes nothing
+    assert api._cached("some_named_preset") == path
+    assert layout() == 2
 
 
 @pytest.mark.multibackend

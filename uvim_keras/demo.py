@@ -392,26 +392,10 @@ def _write_report(out, report):
 def _half_precision_h5(path):
     """Rewrites a Keras .weights.h5 file with its float32 arrays stored as
     float16 (Keras casts them back to the variables' float32 on load)."""
-    import h5py
+    from uvim_keras.presets.layout import rewrite_h5_arrays
 
-    def copy(src, dst):
-        for key, value in src.attrs.items():
-            dst.attrs[key] = value
-        for name, obj in src.items():
-            if isinstance(obj, h5py.Group):
-                copy(obj, dst.create_group(name))
-                continue
-            data = obj[()]
-            if getattr(data, "dtype", None) == np.float32:
-                data = data.astype(np.float16)
-            copy_attrs = dst.create_dataset(name, data=data)
-            for key, value in obj.attrs.items():
-                copy_attrs.attrs[key] = value
-
-    tmp = path + ".tmp"
-    with h5py.File(path, "r") as src, h5py.File(tmp, "w") as dst:
-        copy(src, dst)
-    os.replace(tmp, path)
+    rewrite_h5_arrays(path, lambda name, data: data.astype(np.float16)
+                      if getattr(data, "dtype", None) == np.float32 else data)
 
 
 def save_demo_preset(out, task, preset_dir, half_precision=True):

@@ -55,17 +55,14 @@ def resolve(preset, want, load_weights=True, progress=True):
                     f"{preset!r} is a stage-I preset: it has no stage-II LM{hint}. "
                     "Load it with UViMStage1.from_preset."
                 )
-            path = cache.cached_preset(spec.name)
+            path = _cached(spec.name)
             if path is None and load_weights:
                 path = install(spec, progress=progress)
-            if path is not None:
-                layout.check_weights_layout(path, PresetError)
             return path, spec
         # A stage-I model: any cached preset with this stage-I checkpoint will do.
         for candidate in (spec, registry.stage1_sibling(spec), registry.complete_sibling(spec)):
-            if candidate is not None and cache.cached_preset(candidate.name):
-                path = cache.cached_preset(candidate.name)
-                layout.check_weights_layout(path, PresetError)
+            path = _cached(candidate.name) if candidate is not None else None
+            if path is not None:
                 return path, spec
         if not load_weights:
             return None, spec
@@ -93,6 +90,19 @@ def resolve(preset, want, load_weights=True, progress=True):
     raise _unknown(preset)
 
 
+def _cached(name):
+    """The cached conversion of the named preset `name`, ready to load, or
+    None. A conversion made by an older uvim-keras (MLP kernels (in, out)) is
+    upgraded in place (the cache is ours); one from a newer uvim-keras is
+    refused."""
+    path = cache.cached_preset(name)
+    if path is not None:
+        if layout.is_outdated(path):
+            layout.upgrade_weights_layout(path)
+        layout.check_weights_layout(path, PresetError)
+    return path
+
+
 def _has_task_json(handle):
     if os.path.isdir(handle):
         return os.path.isfile(os.path.join(handle, "task.json"))
@@ -117,14 +127,14 @@ def install(spec, progress=True):
     """Downloads, converts and caches a named preset; returns its folder."""
     from uvim_keras.presets import conversion
 
-    path = cache.cached_preset(spec.name)
+    path = _cached(spec.name)
     if path:
         return path
     stage1_preset = None
     if spec.kind == "uvim":
         sibling = registry.stage1_sibling(spec)
-        if sibling is not None and cache.cached_preset(sibling.name):
-            stage1_preset = cache.cached_preset(sibling.name)
+        if sibling is not None:
+            stage1_preset = _cached(sibling.name)
     urls = spec.urls if stage1_preset is None else [spec.stage2_url]
     files = {}
     for url in urls:
@@ -211,11 +221,7 @@ def load_stage1(preset, load_weights=True, dtype=None, progress=True):
 
 def preset_info(handle):
     """The `uvim_preset.json` of a local preset folder ({} if none)."""
-    path = os.path.join(handle, cache.PRESET_MARKER)
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return layout.read_info(handle) or {}
 
 
 # -- saving -----------------------------------------------------------------------

@@ -23,7 +23,6 @@ import urllib.error
 import urllib.request
 import zipfile
 
-from uvim_keras.presets import layout
 from uvim_keras.presets.layout import PRESET_MARKER
 
 USER_AGENT = "uvim-keras"
@@ -63,15 +62,13 @@ def preset_cache_path(name):
 
 
 def cached_preset(name):
-    """The converted preset folder of `name` if it is complete, else None.
-    A conversion made by an older uvim-keras (MLP kernels (in, out)) is
-    upgraded in place first (`layout.upgrade_weights_layout`)."""
+    """The converted preset folder of `name` if it is complete, else None
+    (as it is on disk: loading goes through `api._cached`, which upgrades
+    an older weights layout)."""
     path = preset_cache_path(name)
     if os.path.isfile(os.path.join(path, PRESET_MARKER)) and os.path.isfile(
         os.path.join(path, "config.json")
     ):
-        if layout.is_outdated(path):
-            layout.upgrade_weights_layout(path)
         return path
     return None
 

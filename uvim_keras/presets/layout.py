@@ -28,7 +28,9 @@ PRESET_MARKER = "uvim_preset.json"  # a preset folder's own record (also `cache.
 _MLP_KERNEL = re.compile(r"(?:^|/)mlp/dense_[01]/vars/0$")
 
 
-def _read_info(preset_dir):
+def read_info(preset_dir):
+    """The `uvim_preset.json` of a local preset folder as a dict, or None
+    when there is none."""
     path = os.path.join(preset_dir, PRESET_MARKER)
     if not os.path.isfile(path):
         return None
@@ -39,7 +41,7 @@ def _read_info(preset_dir):
 def weights_layout(preset_dir):
     """The `weights_layout` of a local preset folder (1 when not recorded),
     or None when the folder has no `uvim_preset.json`."""
-    info = _read_info(preset_dir)
+    info = read_info(preset_dir)
     return None if info is None else int(info.get(LAYOUT_KEY, 1))
 
 
@@ -51,36 +53,65 @@ def is_outdated(preset_dir):
 def check_weights_layout(preset_dir, error=ValueError):
     """Raises `error` when the folder's weights are in another layout."""
     layout = weights_layout(preset_dir)
-    if layout is not None and layout > WEIGHTS_LAYOUT:
+    if layout is None or layout == WEIGHTS_LAYOUT:
+        return
+    if layout > WEIGHTS_LAYOUT:
         raise error(
             f"preset {os.fspath(preset_dir)} has weights_layout {layout}, written by a newer "
             f"uvim-keras; this one reads layout {WEIGHTS_LAYOUT}. Upgrade uvim-keras."
         )
-    if is_outdated(preset_dir):
-        raise error(
-            f"preset {os.fspath(preset_dir)} stores its MLP kernels (in, out) "
-            f"(weights_layout {weights_layout(preset_dir)}); this uvim-keras stores them "
-            f"(out, in) (weights_layout {WEIGHTS_LAYOUT}). Upgrade the folder once with "
-            f"uvim_keras.presets.upgrade_weights_layout({os.fspath(preset_dir)!r})."
-        )
+    raise error(
+        f"preset {os.fspath(preset_dir)} stores its MLP kernels (in, out) "
+        f"(weights_layout {layout}); this uvim-keras stores them "
+        f"(out, in) (weights_layout {WEIGHTS_LAYOUT}). Upgrade the folder once with "
+        f"uvim_keras.presets.upgrade_weights_layout({os.fspath(preset_dir)!r})."
+    )
 
 
-def _transpose_mlp_kernels(path):
-    """Transposes the MLP kernels of one `.weights.h5` file in place; returns
-    how many there were."""
+def rewrite_h5_arrays(path, transform):
+    """Rewrites a Keras `.weights.h5` file with every dataset replaced by
+    `transform(name, array)` (groups and attributes kept); the new file
+    replaces the old one atomically. Returns how many arrays `transform`
+    changed (returned another object)."""
     import h5py
 
-    with h5py.File(path, "r+") as h5:
-        names = []
-        h5.visititems(lambda name, obj: names.append(name)
-                      if isinstance(obj, h5py.Dataset) and _MLP_KERNEL.search(name) else None)
-        for name in names:
-            value, attrs = h5[name][()], dict(h5[name].attrs)
-            if value.ndim != 2:
-                raise ValueError(f"{path}: {name} has shape {value.shape}; expected a matrix.")
-            del h5[name]
-            h5.create_dataset(name, data=value.T.copy()).attrs.update(attrs)
-    return len(names)
+    changed = 0
+
+    def copy(src, dst):
+        nonlocal changed
+        dst.attrs.update(src.attrs)
+        for name, obj in src.items():
+            if isinstance(obj, h5py.Group):
+                copy(obj, dst.create_group(name))
+                continue
+            data = obj[()]
+            new = transform(obj.name.lstrip("/"), data)
+            changed += new is not data
+            dst.create_dataset(name, data=new).attrs.update(obj.attrs)
+
+    tmp = path + ".tmp"
+    try:
+        with h5py.File(path, "r") as src, h5py.File(tmp, "w") as dst:
+            copy(src, dst)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return changed
+
+
+def _transpose_mlp_kernel(name, value):
+    if not _MLP_KERNEL.search(name):
+        return value
+    if value.ndim != 2:
+        raise ValueError(f"{name} has shape {value.shape}; expected a matrix.")
+    return value.T.copy()
+
+
+def transpose_mlp_kernels(path):
+    """Transposes the MLP kernels of one `.weights.h5` file (layout 1 <-> 2);
+    returns how many there were."""
+    return rewrite_h5_arrays(path, _transpose_mlp_kernel)
 
 
 def upgrade_weights_layout(preset_dir):
@@ -93,7 +124,7 @@ def upgrade_weights_layout(preset_dir):
     folder (or, between the renames, `<folder>.upgrade-old`) intact.
     """
     preset_dir = os.path.normpath(os.fspath(preset_dir))
-    info = _read_info(preset_dir)
+    info = read_info(preset_dir)
     if info is None:
         raise ValueError(f"{preset_dir} has no {PRESET_MARKER}: not a uvim-keras preset folder.")
     if int(info.get(LAYOUT_KEY, 1)) >= WEIGHTS_LAYOUT:
@@ -106,7 +137,7 @@ def upgrade_weights_layout(preset_dir):
     shutil.copytree(preset_dir, staging)
     try:
         count = sum(
-            _transpose_mlp_kernels(os.path.join(staging, name))
+            transpose_mlp_kernels(os.path.join(staging, name))
             for name in sorted(os.listdir(staging)) if name.endswith(".weights.h5")
         )
         info[LAYOUT_KEY] = WEIGHTS_LAYOUT
