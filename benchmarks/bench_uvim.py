@@ -32,6 +32,12 @@ Usage (from the repo root):
   KERAS_BACKEND=tensorflow python benchmarks/bench_uvim.py ...
   KERAS_BACKEND=torch python benchmarks/bench_uvim.py ...
 
+--host-memory reuse (the default) sets glibc's malloc in both processes to
+keep freed memory for reuse (`uvim_keras.host_memory`): by default it unmaps
+each step's large scratch buffer and faults it in again at the next step
+(18-35 thousand page faults a train step here, in ours and the reference
+alike). --host-memory default leaves glibc as it is in both.
+
 --variant NAME (repeatable) applies a monkeypatch of uvim_keras before the
 models are built (see VARIANTS below): they measure candidate changes to the
 package without editing it. Default: none (the package as it is).
@@ -255,16 +261,29 @@ def bench_ours(cfg, args):
     return out
 
 
-def run_reference(args):
-    bench = os.path.join(os.path.dirname(os.path.abspath(args.config)), "bench_big_vision.py")
+def reference_env(args):
+    """The reference's environment: big_vision on PYTHONPATH, the default
+    thread settings, and glibc's malloc set as ours (--host-memory)."""
+    from uvim_keras.host_memory import HOST_MEMORY_ENV
+
     env = dict(os.environ)
     env["PYTHONPATH"] = args.big_vision + (
         os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.pop("KERAS_BACKEND", None)
-    env.pop("OMP_NUM_THREADS", None)
+    env.pop("OMP_NUM_THREADS", None)  # the reference runs as configured by default
+    for key, value in HOST_MEMORY_ENV.items():
+        if args.host_memory == "reuse":
+            env[key] = value
+        else:
+            env.pop(key, None)
+    return env
+
+
+def run_reference(args):
+    bench = os.path.join(os.path.dirname(os.path.abspath(args.config)), "bench_big_vision.py")
     proc = subprocess.run(
         [args.reference_python, bench, "--steps", str(args.reference_steps or args.steps)],
-        env=env, capture_output=True, text=True)
+        env=reference_env(args), capture_output=True, text=True)
     if proc.returncode:
         sys.stderr.write(proc.stderr[-4000:])
         raise RuntimeError(f"reference bench failed (rc={proc.returncode})")
@@ -304,14 +323,10 @@ class ReferenceWorker:
     """bench_big_vision.py's models, timed block by block on request."""
 
     def __init__(self, args):
-        env = dict(os.environ)
-        env["PYTHONPATH"] = args.big_vision + (
-            os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env.pop("KERAS_BACKEND", None)
-        env.pop("OMP_NUM_THREADS", None)  # the reference runs as configured by default
         bench_dir = os.path.dirname(os.path.abspath(args.config))
         self.proc = subprocess.Popen(
-            [args.reference_python, "-c", _REF_WORKER, bench_dir], env=env, text=True,
+            [args.reference_python, "-c", _REF_WORKER, bench_dir], env=reference_env(args),
+            text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         self.versions = None
 
@@ -447,6 +462,11 @@ def main():
                     help="skip the extra train_on_batch timings")
     ap.add_argument("--only", action="append", choices=FIGURES,
                     help="time only these figures (repeatable; not in paired mode)")
+    ap.add_argument("--host-memory", choices=("reuse", "default"), default="reuse",
+                    help="reuse: glibc's malloc keeps freed memory for reuse in both "
+                         "processes (ours: uvim_keras.host_memory.reuse_host_memory(), "
+                         "the reference: its HOST_MEMORY_ENV), so neither faults its step "
+                         "buffers in at every step; default: glibc's defaults in both")
     ap.add_argument("--variant", action="append", default=[],
                     choices=sorted(VARIANTS),
                     help="monkeypatch uvim_keras before building (repeatable)")
@@ -455,6 +475,12 @@ def main():
     args.config = os.path.abspath(args.config)
     if bool(args.reference_python) != bool(args.big_vision):
         ap.error("--reference-python and --big-vision go together")
+    if args.host_memory == "reuse":
+        # before anything starts the backend's threads
+        from uvim_keras.host_memory import reuse_host_memory
+
+        if not reuse_host_memory():
+            ap.error("--host-memory reuse needs Linux with glibc (use --host-memory default)")
     variants = list(dict.fromkeys(args.variant))
     with open(args.config) as f:
         cfg = json.load(f)
@@ -467,7 +493,8 @@ def main():
     result.update({"steps": args.steps, "warmup": args.warmup,
                    "method": "sequential" if args.sequential or not args.reference_python
                    else f"paired, blocks of {args.block}", "rounds": args.rounds,
-                   "variants": variants, "loadavg_start": list(os.getloadavg())})
+                   "variants": variants, "host_memory": args.host_memory,
+                   "loadavg_start": list(os.getloadavg())})
     if args.reference_python and not args.sequential:
         ours, reference = bench_paired(cfg, args)
         result.update(ours)

@@ -66,6 +66,10 @@ def base_parser(description):
     p.add_argument("--log-every", type=int, default=None)
     p.add_argument("--dtype-policy", default=None,
                    help="e.g. mixed_bfloat16 (big_vision trains in float32)")
+    p.add_argument("--reuse-host-memory", action="store_true",
+                   help="CPU training: keep glibc from unmapping each step's large scratch "
+                        "buffer (uvim_keras.host_memory; 20-25%% faster steps at the "
+                        "benchmark config); the process keeps the memory it frees")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved recipe (JSON) and exit without building anything")
@@ -86,7 +90,12 @@ def config_from_args(args, stage):
 
 
 def setup(args, cfg):
-    """Seeds, dtype policy and the distribution (before any model is built)."""
+    """Host memory, seeds, dtype policy and the distribution (before any
+    model is built)."""
+    if args.reuse_host_memory:
+        from uvim_keras.host_memory import reuse_host_memory
+
+        reuse_host_memory()
     import keras
 
     if args.multi_host:

@@ -138,6 +138,22 @@ def test_distribution_flag():
     assert common.set_distribution("none") is None
 
 
+def test_reuse_host_memory_flag(monkeypatch):
+    from uvim_keras import host_memory
+
+    common = stage1_script.common
+    calls = []
+    monkeypatch.setattr(host_memory, "reuse_host_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(keras.utils, "set_random_seed", lambda seed: None)
+    cfg = {"train": {"seed": 0}}
+    for flag, expected in (([], []), (["--reuse-host-memory"], [1])):
+        args = common.base_parser("x").parse_args(
+            ["--task", "depth", "--workdir", "unused", *flag])
+        common.setup(args, cfg)
+        assert calls == expected
+        calls.clear()
+
+
 def test_bad_flags(tmp_path):
     with pytest.raises(SystemExit):
         with contextlib.redirect_stderr(io.StringIO()):

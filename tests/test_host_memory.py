@@ -1,0 +1,101 @@
+"""uvim_keras.host_memory: glibc keeps a compiled step's scratch buffer mapped."""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from uvim_keras import host_memory
+
+glibc_only = pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+    reason="reuse_host_memory acts on Linux with glibc only")
+
+# A jitted function whose scratch buffer (two 41 MB temporaries) is larger
+# than a worker thread's malloc arena can hold, as a train step's is: the
+# page faults per call show whether the buffer is mapped afresh each call.
+_PROBE = r"""
+import json, resource, sys
+if sys.argv[1] == "reuse":
+    from uvim_keras.host_memory import reuse_host_memory
+    assert reuse_host_memory()
+import jax, jax.numpy as jnp
+x = jnp.ones((2500, 4096), jnp.float32)
+f = jax.jit(lambda x: (jnp.sin(x)[::-1] * jnp.cos(x)).T.sum(0))
+temp = f.lower(x).compile().memory_analysis().temp_size_in_bytes
+for _ in range(2):
+    f(x).block_until_ready()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    f(x).block_until_ready()
+faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4
+print(json.dumps({"temp_bytes": temp, "faults_per_call": faults}))
+"""
+
+
+def _probe(mode):
+    env = {k: v for k, v in os.environ.items() if k not in host_memory.HOST_MEMORY_ENV}
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run([sys.executable, "-c", _PROBE, mode], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@glibc_only
+def test_step_buffer_is_not_faulted_in_again():
+    default = _probe("default")
+    pages = default["temp_bytes"] / 4096
+    if default["faults_per_call"] < 0.5 * pages:  # e.g. transparent huge pages always on
+        pytest.skip(f"glibc's defaults fault only {default['faults_per_call']:.0f} pages a "
+                    f"call of {pages:.0f} here: nothing to measure")
+    # glibc's default maps the buffer afresh at every call; reuse_host_memory
+    # keeps it: (almost) no page faults per call.
+    reuse = _probe("reuse")
+    assert reuse["faults_per_call"] < 0.02 * pages, (reuse, default)
+
+
+def test_refuses_after_jax_started(monkeypatch):
+    monkeypatch.setattr(host_memory, "_applied", False)
+    monkeypatch.setattr(host_memory, "_jax_started", lambda: True)
+    for key in host_memory.HOST_MEMORY_ENV:
+        monkeypatch.delenv(key, raising=False)
+    if host_memory._glibc() is None:
+        assert host_memory.reuse_host_memory() is False
+        return
+    with pytest.warns(UserWarning, match="before the first JAX computation"):
+        assert host_memory.reuse_host_memory() is False
+
+
+def test_not_glibc_is_a_no_op(monkeypatch):
+    monkeypatch.setattr(host_memory, "_applied", False)
+    monkeypatch.setattr(host_memory.platform, "system", lambda: "Darwin")
+    for key in host_memory.HOST_MEMORY_ENV:
+        monkeypatch.delenv(key, raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert host_memory.reuse_host_memory() is False
+
+
+def test_environment_variables_count_as_applied(monkeypatch):
+    monkeypatch.setattr(host_memory, "_applied", False)
+    monkeypatch.setattr(host_memory, "_jax_started", lambda: True)  # too late for mallopt
+    for key, value in host_memory.HOST_MEMORY_ENV.items():
+        monkeypatch.setenv(key, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert host_memory.reuse_host_memory() is True
+
+
+def test_late_call_can_be_silent(monkeypatch):
+    monkeypatch.setattr(host_memory, "_applied", False)
+    monkeypatch.setattr(host_memory, "_jax_started", lambda: True)
+    for key in host_memory.HOST_MEMORY_ENV:
+        monkeypatch.delenv(key, raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert host_memory.reuse_host_memory(warn_if_late=False) is False
