@@ -63,11 +63,17 @@ def test_step_buffer_is_not_faulted_in_again():
     assert reuse["faults_per_call"] < 0.02 * pages, (reuse, default)
 
 
-def test_refuses_after_jax_started(monkeypatch):
+@pytest.fixture
+def unapplied(monkeypatch):
+    """host_memory as in a fresh process: not applied, no MALLOC_* variables."""
     monkeypatch.setattr(host_memory, "_applied", False)
-    monkeypatch.setattr(host_memory, "_jax_started", lambda: True)
     for key in host_memory.HOST_MEMORY_ENV:
         monkeypatch.delenv(key, raising=False)
+    return monkeypatch
+
+
+def test_refuses_after_jax_started(unapplied):
+    unapplied.setattr(host_memory, "_jax_started", lambda: True)
     if host_memory._glibc() is None:
         assert host_memory.reuse_host_memory() is False
         return
@@ -75,31 +81,17 @@ def test_refuses_after_jax_started(monkeypatch):
         assert host_memory.reuse_host_memory() is False
 
 
-def test_not_glibc_is_a_no_op(monkeypatch):
-    monkeypatch.setattr(host_memory, "_applied", False)
-    monkeypatch.setattr(host_memory.platform, "system", lambda: "Darwin")
-    for key in host_memory.HOST_MEMORY_ENV:
-        monkeypatch.delenv(key, raising=False)
+def test_not_glibc_is_a_no_op(unapplied):
+    unapplied.setattr(host_memory.platform, "system", lambda: "Darwin")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert host_memory.reuse_host_memory() is False
 
 
-def test_environment_variables_count_as_applied(monkeypatch):
-    monkeypatch.setattr(host_memory, "_applied", False)
-    monkeypatch.setattr(host_memory, "_jax_started", lambda: True)  # too late for mallopt
+def test_environment_variables_count_as_applied(unapplied):
+    unapplied.setattr(host_memory, "_jax_started", lambda: True)  # too late for mallopt
     for key, value in host_memory.HOST_MEMORY_ENV.items():
-        monkeypatch.setenv(key, value)
+        unapplied.setenv(key, value)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert host_memory.reuse_host_memory() is True
-
-
-def test_late_call_can_be_silent(monkeypatch):
-    monkeypatch.setattr(host_memory, "_applied", False)
-    monkeypatch.setattr(host_memory, "_jax_started", lambda: True)
-    for key in host_memory.HOST_MEMORY_ENV:
-        monkeypatch.delenv(key, raising=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert host_memory.reuse_host_memory(warn_if_late=False) is False

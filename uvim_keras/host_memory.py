@@ -83,13 +83,13 @@ def _jax_started():
     return bool(started and started())
 
 
-def reuse_host_memory(warn_if_late=True):
+def reuse_host_memory():
     """Keeps glibc's malloc from unmapping large freed blocks (see the module).
 
     Returns True when the settings are in force (set now, by an earlier
     call, or by `HOST_MEMORY_ENV` in the environment), False where they
     cannot be set (not Linux/glibc) or come too late (JAX has started; a
-    warning says so unless `warn_if_late=False`).
+    warning says so).
     """
     global _applied
     if _applied or all(os.environ.get(k) == v for k, v in HOST_MEMORY_ENV.items()):
@@ -99,8 +99,6 @@ def reuse_host_memory(warn_if_late=True):
     if libc is None:
         return False
     if _jax_started():
-        if not warn_if_late:
-            return False
         warnings.warn(
             "reuse_host_memory() was called after JAX started its threads; "
             "large step buffers will still be unmapped after every step. Call it "
