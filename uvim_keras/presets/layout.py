@@ -38,11 +38,16 @@ def read_info(preset_dir):
         return json.load(f)
 
 
+def _recorded_layout(info):
+    """The `weights_layout` a `uvim_preset.json` dict records (1 when none)."""
+    return int(info.get(LAYOUT_KEY, 1))
+
+
 def weights_layout(preset_dir):
     """The `weights_layout` of a local preset folder (1 when not recorded),
     or None when the folder has no `uvim_preset.json`."""
     info = read_info(preset_dir)
-    return None if info is None else int(info.get(LAYOUT_KEY, 1))
+    return None if info is None else _recorded_layout(info)
 
 
 def is_outdated(preset_dir):
@@ -127,7 +132,7 @@ def upgrade_weights_layout(preset_dir):
     info = read_info(preset_dir)
     if info is None:
         raise ValueError(f"{preset_dir} has no {PRESET_MARKER}: not a uvim-keras preset folder.")
-    if int(info.get(LAYOUT_KEY, 1)) >= WEIGHTS_LAYOUT:
+    if _recorded_layout(info) >= WEIGHTS_LAYOUT:
         return 0
     staging, old = preset_dir + ".upgrade-tmp", preset_dir + ".upgrade-old"
     for leftover in (staging, old):
