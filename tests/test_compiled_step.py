@@ -7,8 +7,8 @@ residual stream's gradient of every block above into each block's backward
 pass: loop fusions with 20-57 operands, recomputed per block (benchmarks/
 README.md). This test compiles an LM train step and counts such fusions.
 
-`layers.linear.Linear` stores the MLP kernels (out, in): with Keras' (in, out)
-layout XLA:CPU turns their weight gradients into dots with a column-major
+The MLP kernels are stored (out, in) (`layers.transformer.MLP_EQUATION`):
+with Keras' (in, out) layout XLA:CPU turns their weight gradients into dots with a column-major
 left operand, which YNNPACK refuses and Eigen runs at about half the speed
 (benchmarks/README.md). The tests below count such library dots.
 """
@@ -101,20 +101,13 @@ def test_lm_mlp_weight_gradients_run_through_ynnpack():
 
 
 def test_the_check_detects_in_out_kernels(monkeypatch):
-    """With Keras' (in, out) kernels (`Dense`) the Eigen dots appear, so the
-    test above is not vacuous on this XLA version."""
-    from keras import ops
+    """With Keras' (in, out) kernels (`Dense`'s layout) the Eigen dots
+    appear, so the test above is not vacuous on this XLA version."""
+    from uvim_keras.layers import transformer
 
-    from uvim_keras.layers import linear
-
-    def build_in_out(self, input_shape):
-        self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units))
-        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
-        self.built = True
-
-    monkeypatch.setattr(linear.Linear, "build", build_in_out)
-    monkeypatch.setattr(linear.Linear, "call", lambda self, x: ops.matmul(x, self.kernel) + self.bias)
+    monkeypatch.setattr(transformer, "MLP_EQUATION", "abi,io->abo")
     lm = _deep_lm()
+    assert tuple(lm.decoder_blocks[0].mlp.dense_0.kernel.shape) == (lm.width, lm.mlp_dim)
     dots = _mlp_kernel_gradient_dots(_train_step_hlo(lm, _lm_batch(lm)), lm.width, lm.mlp_dim)
     if not dots:
         pytest.skip("this XLA runs (in, out) kernel gradients through YNNPACK at this size")

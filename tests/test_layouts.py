@@ -1,6 +1,7 @@
 """The layout-independent pieces behind the fast train steps: flax-order
-LayerNorm equals Keras' LayerNormalization, `Linear` ((out, in) kernel)
-equals `Dense` holding the transposed kernel, and every task's label
+LayerNorm equals Keras' LayerNormalization, the MLP ((out, in) kernels)
+equals `Dense` layers holding the transposed kernels, the attention equals
+Keras' `MultiHeadAttention` with the same weights, and every task's label
 encoding and loss give the same values in patch layout (B, G, c, P) as in
 image layout (B, H, W, c)."""
 
@@ -34,65 +35,91 @@ def test_layer_norm_equals_keras_layer_normalization_and_round_trips():
     np.testing.assert_array_equal(to_numpy(clone(x)), to_numpy(ours(x)))
 
 
-def test_linear_equals_dense_with_the_transposed_kernel_and_round_trips(tmp_path):
+def _randomize(layer, rng):
+    for v in layer.weights:
+        v.assign(rng.normal(size=tuple(v.shape)).astype("float32"))
+
+
+def test_mlp_block_equals_dense_layers_with_transposed_kernels_and_round_trips(tmp_path):
     import keras
 
-    from uvim_keras.layers import Linear
+    from uvim_keras.layers import MlpBlock
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 5, 12)).astype("float32")
-    ours = Linear(7, name="linear")
-    ours.build(x.shape)
-    assert tuple(ours.kernel.shape) == (7, 12)
-    ours.kernel.assign(rng.normal(size=(7, 12)).astype("float32"))
-    ours.bias.assign(rng.normal(size=(7,)).astype("float32"))
-    theirs = keras.layers.Dense(7)
-    theirs.build(x.shape)
-    theirs.set_weights([to_numpy(ours.kernel).T, to_numpy(ours.bias)])
-    np.testing.assert_allclose(to_numpy(ours(x)), to_numpy(theirs(x)), rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(to_numpy(ours.kernel_in_out()), to_numpy(ours.kernel).T)
+    mlp = MlpBlock(mlp_dim=7, name="mlp")
+    mlp.build(x.shape)
+    assert isinstance(mlp.dense_0, keras.layers.EinsumDense)
+    assert tuple(mlp.dense_0.kernel.shape) == (7, 12)  # (out, in)
+    assert tuple(mlp.dense_1.kernel.shape) == (12, 7)
+    _randomize(mlp, rng)
+    d0, d1 = keras.layers.Dense(7), keras.layers.Dense(12)
+    d0.build(x.shape)
+    d1.build((2, 5, 7))
+    d0.set_weights([to_numpy(mlp.dense_0.kernel).T, to_numpy(mlp.dense_0.bias)])
+    d1.set_weights([to_numpy(mlp.dense_1.kernel).T, to_numpy(mlp.dense_1.bias)])
+    expected = d1(keras.activations.gelu(d0(x), approximate=True))
+    np.testing.assert_allclose(to_numpy(mlp(x)), to_numpy(expected), rtol=1e-5, atol=1e-5)
 
-    # initialised as Dense would be: the same values for the same seed
-    keras.utils.set_random_seed(3)
-    fresh = Linear(7)
-    fresh.build(x.shape)
-    keras.utils.set_random_seed(3)
-    dense = keras.layers.Dense(7)
-    dense.build(x.shape)
-    np.testing.assert_array_equal(to_numpy(fresh.kernel), to_numpy(dense.kernel).T)
-
-    clone = Linear.from_config(ours.get_config())
+    clone = MlpBlock.from_config(mlp.get_config())
     clone.build(x.shape)
-    clone.set_weights(ours.get_weights())
-    np.testing.assert_array_equal(to_numpy(clone(x)), to_numpy(ours(x)))
+    clone.set_weights(mlp.get_weights())
+    np.testing.assert_array_equal(to_numpy(clone(x)), to_numpy(mlp(x)))
 
-    model = keras.Sequential([keras.Input((5, 12)), Linear(7, use_bias=False)])
-    path = str(tmp_path / "linear.keras")
+    model = keras.Sequential([keras.Input((5, 12)), mlp])
+    path = str(tmp_path / "mlp.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)
     np.testing.assert_array_equal(to_numpy(loaded(x)), to_numpy(model(x)))
-    assert loaded.layers[0].bias is None
 
 
-def test_mlp_block_decoding_kernels_give_the_same_output():
+def test_attention_equals_keras_multi_head_attention_and_round_trips(tmp_path):
+    """Same projections, kernel layouts and maths as Keras' own layer."""
+    import keras
+
+    from uvim_keras.layers import MultiHeadDotProductAttention
+
+    rng = np.random.default_rng(1)
+    q = rng.normal(size=(2, 5, 16)).astype("float32")
+    v = rng.normal(size=(2, 7, 12)).astype("float32")
+    ours = MultiHeadDotProductAttention(num_heads=4)
+    ours.build(q.shape, v.shape)
+    _randomize(ours, rng)
+    theirs = keras.layers.MultiHeadAttention(num_heads=4, key_dim=4)
+    theirs(q, v)
+    by_name = {f"{layer}/{w}": var for layer in ("query", "key", "value", "attention_output")
+               for w, var in (("kernel", getattr(ours, layer).kernel),
+                              ("bias", getattr(ours, layer).bias))}
+    for var in theirs.weights:
+        var.assign(to_numpy(by_name["/".join(var.path.split("/")[-2:])]))
+    np.testing.assert_allclose(to_numpy(ours(q, v)), to_numpy(theirs(q, v)), rtol=1e-5, atol=1e-5)
+
+    clone = MultiHeadDotProductAttention.from_config(ours.get_config())
+    clone.build(q.shape, v.shape)
+    clone.set_weights(ours.get_weights())
+    np.testing.assert_array_equal(to_numpy(clone(q, v)), to_numpy(ours(q, v)))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(mlp_dim=0), r"mlp_dim=0: expected a positive integer"),
+    (dict(mlp_dim=2.5), r"mlp_dim=2.5: expected a positive integer"),
+])
+def test_mlp_bad_arguments_are_clear_errors(kwargs, match):
     from uvim_keras.layers import MlpBlock
 
-    x = np.random.default_rng(1).normal(size=(3, 1, 16)).astype("float32")
-    mlp = MlpBlock(mlp_dim=24)
-    y = to_numpy(mlp(x))
-    np.testing.assert_allclose(to_numpy(mlp.apply_kernels(x, mlp.kernels_in_out())), y,
-                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=match):
+        MlpBlock(**kwargs)
 
 
-@pytest.mark.parametrize("units", [0, -3, 2.5])
-def test_linear_bad_units_is_a_clear_error(units):
-    from uvim_keras.layers import Linear
+@pytest.mark.parametrize("num_heads", [0, -3, 2.5])
+def test_attention_bad_num_heads_is_a_clear_error(num_heads):
+    from uvim_keras.layers import MultiHeadDotProductAttention
 
-    with pytest.raises(ValueError, match=rf"units={units!r}: expected a positive integer"):
-        Linear(units)
+    with pytest.raises(ValueError, match=rf"num_heads={num_heads!r}: expected a positive integer"):
+        MultiHeadDotProductAttention(num_heads)
 
 
-def test_big_vision_layout_view_transposes_linear_kernels():
+def test_big_vision_layout_view_transposes_mlp_kernels():
     from uvim_keras.convert import BigVisionLayout, variable_map
     from helpers import tiny_lm
 

@@ -20,14 +20,14 @@ pytestmark = pytest.mark.skipif(
 M = "model"
 QKV = [None, M, None]
 OUT = [M, None, None]
-MLP_IN = [M, None]  # Linear kernels are (out, in): the mlp_dim axis is sharded
+MLP_IN = [M, None]  # MLP kernels are (out, in): the mlp_dim axis is sharded
 MLP_OUT = [None, M]
 
 
 def _attention(prefix):
     return {
-        **{f"{prefix}/{p}_kernel": QKV for p in ("query", "key", "value")},
-        f"{prefix}/out_kernel": OUT,
+        **{f"{prefix}/{p}/kernel": QKV for p in ("query", "key", "value")},
+        f"{prefix}/attention_output/kernel": OUT,
     }
 
 
@@ -71,7 +71,7 @@ def test_model_parallel_step_matches_single_device(step_result, model):
     assert r["max_diff"] <= 1e-5, r["diffs"]
     # One step moved the weights (key biases get no gradient: softmax is
     # invariant to them), the VQ state included.
-    still = [p for p, d in r["moved"].items() if d <= 1e-5 and not p.endswith("key_bias")]
+    still = [p for p, d in r["moved"].items() if d <= 1e-5 and not p.endswith("key/bias")]
     assert not still, still
     if model == "stage1":
         assert {"quantizer/dictionary", "quantizer/counts"} <= set(r["moved"])
@@ -103,10 +103,10 @@ def test_helpers_and_divisibility(step_result):
     assert step_result["inferred_mesh"] == [2, 4]
     # 2 heads on a 4-way model axis.
     error = step_result["strict_error"]
-    assert error and "attention/query_kernel" in error and "not divisible" in error, error
+    assert error and "attention/query/kernel" in error and "not divisible" in error, error
     assert len(step_result["lenient_warnings"]) == 12  # q, k, v, out x 3 attentions
     for path, spec in step_result["lenient_specs"].items():
-        if path.endswith("_kernel") and "attention" in path:
+        if path.endswith("/kernel") and "attention" in path:
             assert spec == [None] * len(spec), (path, spec)
         if path.endswith("mlp/dense_0/kernel"):
             assert spec == MLP_IN, (path, spec)
@@ -123,16 +123,16 @@ def test_layout_map_matches_paths_with_any_prefix():
     )
     layout_map = uvim_layout_map(mesh)
     cases = {
-        "oracle/transformer/block_3/attention/query_kernel": QKV,
-        "uvim/lm/guiding_code_lm/decoder_block_11/cross_attention/value_kernel": QKV,
-        "guiding_code_lm/decoder_block_0/self_attention/out_kernel": OUT,
+        "oracle/transformer/block_3/attention/query/kernel": QKV,
+        "uvim/lm/guiding_code_lm/decoder_block_11/cross_attention/value/kernel": QKV,
+        "guiding_code_lm/decoder_block_0/self_attention/attention_output/kernel": OUT,
         "base_model/transformer/block_0/mlp/dense_0/kernel": MLP_IN,
         "guiding_code_lm/encoder/block_23/mlp/dense_1/kernel": MLP_OUT,
         "quantizer/dictionary": [M, None],
         "uvim/stage1/quantizer/dictionary": [M, None],
         # replicated
         "quantizer/counts": None,
-        "oracle/transformer/block_0/attention/query_bias": None,
+        "oracle/transformer/block_0/attention/query/bias": None,
         "oracle/transformer/block_0/mlp/dense_0/bias": None,
         "guiding_code_lm/logits/kernel": None,
         "guiding_code_lm/token_embedding/embeddings": None,

@@ -29,8 +29,10 @@ BLOCK_NAMES = {
     "mlp/dense_1/kernel": "MlpBlock_0/Dense_1/kernel",
     "mlp/dense_1/bias": "MlpBlock_0/Dense_1/bias",
     **{
-        f"attention/{p}_{k}": f"MultiHeadDotProductAttention_0/{p}/{k}"
-        for p in ("query", "key", "value", "out") for k in ("kernel", "bias")
+        f"attention/{ours}/{k}": f"MultiHeadDotProductAttention_0/{theirs}/{k}"
+        for ours, theirs in (("query", "query"), ("key", "key"), ("value", "value"),
+                             ("attention_output", "out"))
+        for k in ("kernel", "bias")
     },
 }
 # AugReg / original ViT files: pre-Linen numbering inside an encoder block.
@@ -282,7 +284,7 @@ def test_mapping_input_and_fixed_posemb_lm():
     with pytest.warns(UserWarning, match="pos_embedding"):
         init_lm_encoder_from_vit(lm, params)
     np.testing.assert_array_equal(
-        weights_by_suffix(lm)["encoder/block_1/attention/query_kernel"],
+        weights_by_suffix(lm)["encoder/block_1/attention/query/kernel"],
         params["Transformer/encoderblock_1/MultiHeadDotProductAttention_0/query/kernel"],
     )
     lm_runs(lm)

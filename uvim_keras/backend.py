@@ -13,18 +13,38 @@ compiled on the active backend:
   more compile time than a UViM decode takes).
 
 Arguments that change the traced program (e.g. sampling settings) must be
-bound into `fn` by the caller; cache one compiled callable per setting.
+bound into `fn` by the caller; cache one compiled callable per setting. A
+callable compiles again by itself when the layer's variables change
+(quantization, LoRA).
 """
 
 import keras
 
 
 def compile_stateless(layer, fn):
+    """`fn` compiled on the active backend (see the module docstring).
+
+    The compiled program is made again whenever the layer's variables change
+    (`quantize`, `enable_lora`, ... replace or add variables), so it never
+    runs with weights the layer no longer has.
+    """
+    compiled = {}
+
+    def call(*args):
+        variables = list(layer.variables)
+        signature = tuple(id(v) for v in variables)
+        if signature not in compiled:
+            compiled.clear()  # the old variables are gone for good
+            compiled[signature] = _compile(variables, fn)
+        return compiled[signature](*args)
+
+    return call
+
+
+def _compile(variables, fn):
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
-
-        variables = list(layer.variables)
 
         def pure(values, *args):
             with keras.StatelessScope(state_mapping=list(zip(variables, values))):

@@ -6,8 +6,8 @@ big_vision saves a flattened pytree with '/'-joined names (see
 parameter names. Most kernel layouts agree with ours (Dense (in, out),
 attention (width, heads, head_dim) / (heads, head_dim, width), Conv HWIO,
 stems (c, P, width), heads (width, c, P)) and convert by assignment by name
-with a shape check; the transformer MLPs' kernels, which our `Linear` stores
-(out, in), are transposed (`BigVisionLayout`).
+with a shape check; the transformer MLPs' kernels, which we store (out, in)
+(`layers.transformer.MLP_EQUATION`), are transposed (`BigVisionLayout`).
 
 Typical use:
 
@@ -20,7 +20,6 @@ import os
 
 import numpy as np
 
-from uvim_keras.layers.linear import Linear
 from uvim_keras.models.lm import GuidingCodeLM
 from uvim_keras.models.stage1 import UViMStage1
 from uvim_keras.tasks import ColorizationTask, DepthTask, PanopticTask
@@ -116,8 +115,8 @@ def lm_from_big_vision_config(model_config, **kwargs):
 
 # -- name maps -------------------------------------------------------------------
 class BigVisionLayout:
-    """A 2-D variable seen in big_vision's (in, out) layout: the kernel of a
-    `Linear`, stored (out, in). `shape` is big_vision's, `assign` takes a
+    """A 2-D variable seen in big_vision's (in, out) layout: an MLP kernel,
+    stored (out, in). `shape` is big_vision's, `assign` takes a
     big_vision array and `numpy()` returns one; the name maps below use it in
     place of the variable, so loaders need not know the difference."""
 
@@ -143,10 +142,8 @@ class BigVisionLayout:
         return np.transpose(np.asarray(self.variable.numpy()))
 
 
-def _dense(prefix, layer):
-    kernel = layer.kernel
-    if isinstance(layer, Linear):
-        kernel = BigVisionLayout(kernel)
+def _dense(prefix, layer, transposed=False):
+    kernel = BigVisionLayout(layer.kernel) if transposed else layer.kernel
     return {f"{prefix}/kernel": kernel, f"{prefix}/bias": layer.bias}
 
 
@@ -156,16 +153,18 @@ def _norm(prefix, layer):
 
 def _attention(prefix, att):
     out = {}
-    for part in ("query", "key", "value", "out"):
-        out[f"{prefix}/{part}/kernel"] = getattr(att, f"{part}_kernel")
-        b = getattr(att, f"{part}_bias")
-        if b is not None:
-            out[f"{prefix}/{part}/bias"] = b
+    layers = (("query", att.query), ("key", att.key), ("value", att.value),
+              ("out", att.attention_output))
+    for part, layer in layers:
+        out[f"{prefix}/{part}/kernel"] = layer.kernel
+        if layer.bias is not None:
+            out[f"{prefix}/{part}/bias"] = layer.bias
     return out
 
 
 def _mlp(prefix, mlp):
-    return {**_dense(f"{prefix}/Dense_0", mlp.dense_0), **_dense(f"{prefix}/Dense_1", mlp.dense_1)}
+    return {**_dense(f"{prefix}/Dense_0", mlp.dense_0, transposed=True),
+            **_dense(f"{prefix}/Dense_1", mlp.dense_1, transposed=True)}
 
 
 def _vit_encoder(prefix, encoder):

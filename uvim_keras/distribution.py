@@ -78,9 +78,9 @@ MODEL_AXIS = "model"
 # block_0/...", "guiding_code_lm/decoder_block_0/...", or models nested deeper).
 _ANY = r"(?:.*/)?"
 _RULES = (
-    (_ANY + r"[^/]*attention/(?:query|key|value)_kernel", 1, 3),
-    (_ANY + r"[^/]*attention/out_kernel", 0, 3),
-    # `Linear` kernels are (out, in): shard the mlp_dim axis of both.
+    (_ANY + r"[^/]*attention/(?:query|key|value)/kernel", 1, 3),
+    (_ANY + r"[^/]*attention/attention_output/kernel", 0, 3),
+    # MLP kernels are (out, in): shard the mlp_dim axis of both.
     (_ANY + r"mlp/dense_0/kernel", 0, 2),
     (_ANY + r"mlp/dense_1/kernel", 1, 2),
     (_ANY + r"quantizer/dictionary", 0, 2),

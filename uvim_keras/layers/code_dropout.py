@@ -30,6 +30,7 @@ class CodeDropout(keras.layers.Layer):
         self.mode = mode
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        self.built = True  # no weights (Model.quantize skips only built layers)
 
     def mask(self, batch_size, code_len):
         """The (B, C) keep-mask of one training step, as float32."""

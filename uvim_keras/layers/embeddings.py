@@ -80,7 +80,7 @@ class PatchEmbedding(keras.layers.Layer):
         self.patch_size = tuple(int(p) for p in patch_size)
         self.conv = keras.layers.Conv2D(
             width, self.patch_size, strides=self.patch_size, padding="valid",
-            name="conv",
+            name="conv", dtype=self.dtype_policy,
         )
 
     def build(self, input_shape):

@@ -7,14 +7,17 @@ big_vision (flax) conventions reproduced here:
 * attention scales the query by 1/sqrt(head_dim), softmax in float32;
 * query/key/value kernels have shape (width, heads, head_dim) and the output
   kernel (heads, head_dim, width), the layout flax checkpoints use, so weights
-  convert by plain assignment; the MLP kernels are stored (out, in)
-  (`Linear`) and convert by transposition.
+  convert by plain assignment; the MLP kernels are stored (out, in) and
+  convert by transposition.
+
+Every projection is a `keras.layers.EinsumDense`, so Keras' quantization
+(`model.quantize("int8")`) and LoRA (`enable_lora`) apply to all of them.
+Sublayers take their parent's dtype policy (as in keras-hub), so mixed
+precision and a quantized model's `DTypePolicyMap` reach every layer.
 """
 
 import keras
 from keras import ops
-
-from uvim_keras.layers.linear import Linear
 
 LAYER_NORM_EPSILON = 1e-6
 
@@ -56,39 +59,66 @@ class LayerNorm(keras.layers.LayerNormalization):
         return ops.cast(y, self.compute_dtype)
 
 
-def layer_norm(name):
+def layer_norm(name, dtype=None):
     """A `LayerNorm` with big_vision's epsilon."""
-    return LayerNorm(epsilon=LAYER_NORM_EPSILON, name=name)
+    return LayerNorm(epsilon=LAYER_NORM_EPSILON, name=name, dtype=dtype)
 
 
-def _shape(x):
-    return tuple(x.shape)
+def projection(equation, output_shape, bias_axes, name, dtype=None):
+    """A `keras.layers.EinsumDense` projection of the transformer blocks.
+
+    Keras' own layer, so `Model.quantize` and `enable_lora` reach every
+    transformer kernel. Every axis is named in `equation` (Keras' int8
+    quantization does not take ellipsis equations).
+    """
+    return keras.layers.EinsumDense(
+        equation, output_shape=output_shape, bias_axes=bias_axes,
+        kernel_initializer="glorot_uniform", name=name, dtype=dtype,
+    )
+
+
+#: MLP projections: kernels stored (out, in), as big_vision's transposed.
+MLP_EQUATION = "abi,oi->abo"
 
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
 class MlpBlock(keras.layers.Layer):
-    """Linear(mlp_dim) -> tanh-GELU -> dropout -> Linear(width).
+    """Dense(mlp_dim) -> tanh-GELU -> dropout -> Dense(width).
 
-    The two projections are `Linear` layers (kernels stored (out, in); see
-    there why); big_vision's `MlpBlock_0/Dense_0|1` convert by transposition.
+    Both projections are `keras.layers.EinsumDense` layers (`dense_0`,
+    `dense_1`) whose kernels are stored (out, in) (`MLP_EQUATION`); the
+    big_vision converter transposes flax's (in, out) `MlpBlock_0/Dense_0|1`.
+    Why (out, in): on XLA:CPU the weight gradient of an (in, out) kernel
+    becomes a dot that its fast matmul library refuses (benchmarks/README.md).
+    Inputs are (batch, tokens, width).
+
+    Args:
+      mlp_dim: width of the hidden layer.
+      dropout: dropout rate after the activation.
 
     Example:
     >>> block = MlpBlock(mlp_dim=64)
     >>> y = block(keras.ops.ones((2, 5, 32)))  # (2, 5, 32)
+    >>> tuple(block.dense_0.kernel.shape)      # (out, in)
+    (64, 32)
     """
 
     def __init__(self, mlp_dim, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
-        self.mlp_dim = mlp_dim
+        if int(mlp_dim) != mlp_dim or mlp_dim < 1:
+            raise ValueError(f"mlp_dim={mlp_dim!r}: expected a positive integer.")
+        self.mlp_dim = int(mlp_dim)
         self.dropout = dropout
-        self.dense_0 = Linear(mlp_dim, name="dense_0")
+        self.dense_0 = projection(MLP_EQUATION, (None, self.mlp_dim), "o", "dense_0",
+                                  self.dtype_policy)
         self.dense_1 = None
-        self.drop = keras.layers.Dropout(dropout)
+        self.drop = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         width = input_shape[-1]
         self.dense_0.build(input_shape)
-        self.dense_1 = Linear(width, name="dense_1")
+        self.dense_1 = projection(MLP_EQUATION, (None, width), "o", "dense_1",
+                                  self.dtype_policy)
         self.dense_1.build(tuple(input_shape[:-1]) + (self.mlp_dim,))
         self.built = True
 
@@ -97,99 +127,93 @@ class MlpBlock(keras.layers.Layer):
         x = self.drop(x, training=training)
         return self.dense_1(x)
 
-    def kernels_in_out(self):
-        """Both kernels as (in, out) matrices, for `apply_kernels`."""
-        return self.dense_0.kernel_in_out(), self.dense_1.kernel_in_out()
-
-    def apply_kernels(self, x, kernels):
-        """Inference with `kernels_in_out()` made once outside a decoding loop
-        (XLA:CPU would otherwise transpose both kernels at every step)."""
-        x = keras.activations.gelu(ops.matmul(x, kernels[0]) + self.dense_0.bias,
-                                   approximate=True)
-        return ops.matmul(x, kernels[1]) + self.dense_1.bias
-
     def get_config(self):
         return {**super().get_config(), "mlp_dim": self.mlp_dim, "dropout": self.dropout}
 
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
-class MultiHeadAttention(keras.layers.Layer):
-    """Multi-head dot-product attention in flax's parameter layout.
+class MultiHeadDotProductAttention(keras.layers.Layer):
+    """Multi-head dot-product attention with flax's numerics.
 
-    Besides the usual `call(query, value, mask)`, it exposes
-    `project_query`, `project_kv` and `attend`, so that a decoder projects
-    the image's keys/values once per block (see `DecoderBlock`).
+    The projections are `keras.layers.EinsumDense` layers named as in Keras'
+    `MultiHeadAttention` (`query`, `key`, `value`, `attention_output`) with
+    the same kernel layouts, which are also flax's: query/key/value
+    (width, heads, head_dim), output (heads, head_dim, width). The query is
+    scaled by 1/sqrt(head_dim) and the softmax taken in float32, as
+    big_vision does.
+
+    Besides `call(query, value, attention_mask)` it exposes `project_query`,
+    `project_kv` and `attend`, so that a decoder projects the image's
+    keys/values once per call (see `DecoderBlock`).
+
+    Args:
+      num_heads: number of attention heads; the width must divide by it.
+      use_bias: whether the projections have biases.
+      dropout: dropout rate on the attention weights.
 
     Example:
-    >>> mha = MultiHeadAttention(num_heads=2)
+    >>> mha = MultiHeadDotProductAttention(num_heads=2)
     >>> y = mha(keras.ops.ones((2, 5, 32)))  # self-attention, (2, 5, 32)
+    >>> tuple(mha.query.kernel.shape)
+    (32, 2, 16)
     """
 
     def __init__(self, num_heads, use_bias=True, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
-        self.num_heads = num_heads
-        self.use_bias = use_bias
+        if int(num_heads) != num_heads or num_heads < 1:
+            raise ValueError(f"num_heads={num_heads!r}: expected a positive integer.")
+        self.num_heads = int(num_heads)
+        self.use_bias = bool(use_bias)
         self.dropout = dropout
-        self.drop = keras.layers.Dropout(dropout)
+        self.drop = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        self.query = self.key = self.value = self.attention_output = None
 
     def build(self, query_shape, value_shape=None):
+        value_shape = query_shape if value_shape is None else value_shape
         width = query_shape[-1]
-        value_width = width if value_shape is None else value_shape[-1]
         if width % self.num_heads:
             raise ValueError(
                 f"width={width} must be divisible by num_heads={self.num_heads}."
             )
         heads, head_dim = self.num_heads, width // self.num_heads
         self.head_dim = head_dim
-        init = keras.initializers.GlorotUniform()
+        bias = "de" if self.use_bias else None
 
-        def kernel(name, shape):
-            return self.add_weight(name=name, shape=shape, initializer=init)
+        def qkv(name, shape):
+            layer = projection("abc,cde->abde", (None, heads, head_dim), bias, name,
+                               self.dtype_policy)
+            layer.build(shape)
+            return layer
 
-        def bias(name, shape):
-            if not self.use_bias:
-                return None
-            return self.add_weight(name=name, shape=shape, initializer="zeros")
-
-        self.query_kernel = kernel("query_kernel", (width, heads, head_dim))
-        self.key_kernel = kernel("key_kernel", (value_width, heads, head_dim))
-        self.value_kernel = kernel("value_kernel", (value_width, heads, head_dim))
-        self.out_kernel = kernel("out_kernel", (heads, head_dim, width))
-        self.query_bias = bias("query_bias", (heads, head_dim))
-        self.key_bias = bias("key_bias", (heads, head_dim))
-        self.value_bias = bias("value_bias", (heads, head_dim))
-        self.out_bias = bias("out_bias", (width,))
+        self.query = qkv("query", query_shape)
+        self.key = qkv("key", value_shape)
+        self.value = qkv("value", value_shape)
+        self.attention_output = projection(
+            "abcd,cde->abe", (None, width), "e" if self.use_bias else None,
+            "attention_output", self.dtype_policy)
+        self.attention_output.build((None, None, heads, head_dim))
         self.built = True
 
-    def _project(self, x, kernel, bias):
-        y = ops.einsum("bsw,whd->bshd", x, kernel)
-        return y if bias is None else y + bias
-
     def project_query(self, query):
-        q = self._project(query, self.query_kernel, self.query_bias)
+        """Scaled queries (B, Q, heads, head_dim) of `query` (B, Q, W)."""
+        q = self.query(query)
         return q / ops.sqrt(ops.cast(self.head_dim, q.dtype))
 
     def project_kv(self, value):
         """Keys and values (B, S, heads, head_dim) of `value` (B, S, W)."""
-        return (
-            self._project(value, self.key_kernel, self.key_bias),
-            self._project(value, self.value_kernel, self.value_bias),
-        )
+        return self.key(value), self.value(value)
 
     def attend(self, q, k, v, attention_mask=None, training=None):
         """Attention of projected queries over projected keys/values.
 
         `attention_mask` broadcasts to (B, heads, Q, S); True = may attend.
         """
-        logits = ops.einsum("bqhd,bshd->bhqs", q, k)
-        logits = ops.cast(logits, "float32")
+        logits = ops.cast(ops.einsum("bqhd,bshd->bhqs", q, k), "float32")
         if attention_mask is not None:
             logits = ops.where(attention_mask, logits, ops.cast(-1e30, logits.dtype))
         weights = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
         weights = self.drop(weights, training=training)
-        y = ops.einsum("bhqs,bshd->bqhd", weights, v)
-        y = ops.einsum("bqhd,hdw->bqw", y, self.out_kernel)
-        return y if self.out_bias is None else y + self.out_bias
+        return self.attention_output(ops.einsum("bhqs,bshd->bqhd", weights, v))
 
     def call(self, query, value=None, attention_mask=None, training=None):
         value = query if value is None else value
@@ -209,6 +233,11 @@ class MultiHeadAttention(keras.layers.Layer):
 class EncoderBlock(keras.layers.Layer):
     """Pre-LN ViT block: x + MHA(LN(x)), then x + MLP(LN(x)).
 
+    Args:
+      num_heads: attention heads.
+      mlp_dim: hidden width of the MLP.
+      dropout: dropout rate (MLP and residual branches).
+
     Example:
     >>> block = EncoderBlock(num_heads=2, mlp_dim=64)
     >>> y = block(keras.ops.ones((2, 5, 32)))
@@ -219,11 +248,13 @@ class EncoderBlock(keras.layers.Layer):
         self.num_heads = num_heads
         self.mlp_dim = mlp_dim
         self.dropout = dropout
-        self.norm_0 = layer_norm("norm_0")
-        self.attention = MultiHeadAttention(num_heads, dropout=0.0, name="attention")
-        self.norm_1 = layer_norm("norm_1")
-        self.mlp = MlpBlock(mlp_dim, dropout=dropout, name="mlp")
-        self.drop = keras.layers.Dropout(dropout)
+        policy = self.dtype_policy
+        self.norm_0 = layer_norm("norm_0", policy)
+        self.attention = MultiHeadDotProductAttention(
+            num_heads, dropout=0.0, name="attention", dtype=policy)
+        self.norm_1 = layer_norm("norm_1", policy)
+        self.mlp = MlpBlock(mlp_dim, dropout=dropout, name="mlp", dtype=policy)
+        self.drop = keras.layers.Dropout(dropout, dtype=policy)
 
     def build(self, input_shape):
         for layer in (self.norm_0, self.attention, self.norm_1, self.mlp):
@@ -252,6 +283,12 @@ class TransformerEncoder(keras.layers.Layer):
     This is big_vision's `vit.Encoder`; UViM uses it for the oracle, the base
     model and the guiding-code LM's image encoder.
 
+    Args:
+      depth: number of `EncoderBlock`s.
+      num_heads: attention heads per block.
+      mlp_dim: hidden width of the MLPs.
+      dropout: dropout rate.
+
     Example:
     >>> enc = TransformerEncoder(depth=2, num_heads=2, mlp_dim=64)
     >>> y = enc(keras.ops.ones((2, 16, 32)))
@@ -264,10 +301,10 @@ class TransformerEncoder(keras.layers.Layer):
         self.mlp_dim = mlp_dim
         self.dropout = dropout
         self.blocks = [
-            EncoderBlock(num_heads, mlp_dim, dropout, name=f"block_{i}")
+            EncoderBlock(num_heads, mlp_dim, dropout, name=f"block_{i}", dtype=self.dtype_policy)
             for i in range(depth)
         ]
-        self.final_norm = layer_norm("final_norm")
+        self.final_norm = layer_norm("final_norm", self.dtype_policy)
 
     def build(self, input_shape):
         for layer in self.blocks + [self.final_norm]:
@@ -297,7 +334,14 @@ class DecoderBlock(keras.layers.Layer):
     x + MLP(LN3(x)). Attention projections have no biases (as big_vision's
     `vtt.EncoderDecoderBlock`); the MLP has.
 
-    `decode_step` runs one position with a key/value cache.
+    `decode_step` runs one position with a key/value cache; it calls the same
+    Keras layers as `call`, so quantized or LoRA-adapted projections decode
+    as they train.
+
+    Args:
+      num_heads: attention heads.
+      mlp_dim: hidden width of the MLP.
+      dropout: dropout rate (attention weights, MLP, residual branches).
 
     Example:
     >>> block = DecoderBlock(num_heads=2, mlp_dim=64)
@@ -309,17 +353,18 @@ class DecoderBlock(keras.layers.Layer):
         self.num_heads = num_heads
         self.mlp_dim = mlp_dim
         self.dropout = dropout
-        self.norm_1 = layer_norm("norm_1")
-        self.self_attention = MultiHeadAttention(
-            num_heads, use_bias=False, dropout=dropout, name="self_attention"
+        policy = self.dtype_policy
+        self.norm_1 = layer_norm("norm_1", policy)
+        self.self_attention = MultiHeadDotProductAttention(
+            num_heads, use_bias=False, dropout=dropout, name="self_attention", dtype=policy
         )
-        self.norm_2 = layer_norm("norm_2")
-        self.cross_attention = MultiHeadAttention(
-            num_heads, use_bias=False, dropout=dropout, name="cross_attention"
+        self.norm_2 = layer_norm("norm_2", policy)
+        self.cross_attention = MultiHeadDotProductAttention(
+            num_heads, use_bias=False, dropout=dropout, name="cross_attention", dtype=policy
         )
-        self.norm_3 = layer_norm("norm_3")
-        self.mlp = MlpBlock(mlp_dim, dropout=dropout, name="mlp")
-        self.drop = keras.layers.Dropout(dropout)
+        self.norm_3 = layer_norm("norm_3", policy)
+        self.mlp = MlpBlock(mlp_dim, dropout=dropout, name="mlp", dtype=policy)
+        self.drop = keras.layers.Dropout(dropout, dtype=policy)
 
     def build(self, targets_shape, encoded_shape=None):
         encoded_shape = targets_shape if encoded_shape is None else encoded_shape
@@ -329,85 +374,60 @@ class DecoderBlock(keras.layers.Layer):
         self.cross_attention.build(targets_shape, encoded_shape)
         self.built = True
 
-    def _cross_and_mlp(self, x, enc_k, enc_v, training):
-        q = self.cross_attention.project_query(self.norm_2(x))
-        y = self.cross_attention.attend(q, enc_k, enc_v, training=training)
-        x = x + self.drop(y, training=training)
-        return x + self.mlp(self.norm_3(x), training=training)
-
     def call(self, x, encoded, training=None):
         length = ops.shape(x)[1]
         pos = ops.arange(length)
         causal = ops.expand_dims(pos[:, None] >= pos[None, :], 0)[:, None]
         y = self.self_attention(self.norm_1(x), attention_mask=causal, training=training)
         x = x + self.drop(y, training=training)
-        enc_k, enc_v = self.cross_attention.project_kv(encoded)
-        return self._cross_and_mlp(x, enc_k, enc_v, training)
+        y = self.cross_attention(self.norm_2(x), encoded, training=training)
+        x = x + self.drop(y, training=training)
+        return x + self.mlp(self.norm_3(x), training=training)
 
     # -- autoregressive decoding ------------------------------------------------
     # The decoding loop works head-major: caches and the image's keys/values
-    # are (B, heads, S, head_dim) and the kernels are 2-D matrices made once
-    # per call, with the self-attention q|k|v in one matmul. XLA:CPU does not
-    # hoist loop-invariant transposes out of a while loop, and the flax-layout
-    # einsums above would re-transpose every cache, the image keys/values and
-    # two kernels per block at every step (about 20% of `generate`).
-    def prepare_decoding(self, encoded):
-        """Loop-invariant tensors for `decode_step`, from the encoded image
-        (B, S, W): 2-D kernels and the image's head-major keys/values."""
-        sa, ca = self.self_attention, self.cross_attention
-        width = sa.query_kernel.shape[0]
-        hd = sa.num_heads * sa.head_dim
+    # are (B, heads, S, head_dim), so no step transposes a cache (XLA:CPU does
+    # not hoist loop-invariant transposes out of a while loop). A projection
+    # of one position, (B, 1, heads, head_dim), becomes head-major by a
+    # reshape.
+    def cross_keys_values(self, encoded):
+        """The image's cross-attention keys and values, head-major
+        (B, heads, S, head_dim): made once per decoding call."""
+        k, v = self.cross_attention.project_kv(encoded)
+        return ops.transpose(k, (0, 2, 1, 3)), ops.transpose(v, (0, 2, 1, 3))
 
-        def matrix(kernel):
-            return ops.reshape(kernel, (kernel.shape[0], -1))
-
-        def heads(t):  # (B, S, h * d) -> (B, h, S, d)
-            t = ops.reshape(t, (ops.shape(t)[0], t.shape[1], ca.num_heads, ca.head_dim))
-            return ops.transpose(t, (0, 2, 1, 3))
-
-        return {
-            "qkv_kernel": ops.concatenate(
-                [matrix(sa.query_kernel), matrix(sa.key_kernel), matrix(sa.value_kernel)],
-                axis=1),
-            "out_kernel": ops.reshape(sa.out_kernel, (hd, width)),
-            "cross_query_kernel": matrix(ca.query_kernel),
-            "cross_out_kernel": ops.reshape(ca.out_kernel, (hd, width)),
-            "cross_keys": heads(ops.matmul(encoded, matrix(ca.key_kernel))),
-            "cross_values": heads(ops.matmul(encoded, matrix(ca.value_kernel))),
-            "mlp_kernels": self.mlp.kernels_in_out(),
-        }
-
-    def decode_step(self, x, index, cache_k, cache_v, prepared):
+    def decode_step(self, x, index, cache_k, cache_v, cross_kv):
         """One autoregressive step.
 
         Args:
           x: (B, 1, W) the input at position `index`.
           index: scalar int, the position.
           cache_k, cache_v: (B, heads, L, head_dim) self-attention cache.
-          prepared: `prepare_decoding(encoded)`, made once per call.
+          cross_kv: `cross_keys_values(encoded)`, made once per call.
         Returns:
           (y, cache_k, cache_v) with the caches updated at `index`.
         """
-        heads, head_dim = self.num_heads, self.self_attention.head_dim
-        batch, hd = ops.shape(x)[0], heads * head_dim
+        sa, ca = self.self_attention, self.cross_attention
+        batch, heads, head_dim = ops.shape(x)[0], self.num_heads, sa.head_dim
 
-        def split(t):  # (B, 1, h * d) -> (B, h, 1, d): a reshape, no transpose
+        def head_major(t):  # (B, 1, h, d) -> (B, h, 1, d): a reshape, no transpose
             return ops.reshape(t, (batch, heads, 1, head_dim))
 
-        scale = ops.sqrt(ops.cast(head_dim, x.dtype))  # as `project_query`
-        qkv = ops.matmul(self.norm_1(x), prepared["qkv_kernel"])
-        q, k, v = (split(qkv[..., i * hd:(i + 1) * hd]) for i in range(3))
+        def position_major(t):  # the inverse
+            return ops.reshape(t, (batch, 1, heads, head_dim))
+
+        h = self.norm_1(x)
+        k, v = sa.project_kv(h)
         start = [0, 0, index, 0]
-        cache_k = ops.slice_update(cache_k, start, ops.cast(k, cache_k.dtype))
-        cache_v = ops.slice_update(cache_v, start, ops.cast(v, cache_v.dtype))
+        cache_k = ops.slice_update(cache_k, start, ops.cast(head_major(k), cache_k.dtype))
+        cache_v = ops.slice_update(cache_v, start, ops.cast(head_major(v), cache_v.dtype))
         visible = (ops.arange(ops.shape(cache_k)[2]) <= index)[None, None, None, :]
-        y = _attend_heads(q / scale, cache_k, cache_v, visible)
-        x = x + ops.matmul(y, prepared["out_kernel"])
-        q = split(ops.matmul(self.norm_2(x), prepared["cross_query_kernel"])) / scale
-        y = _attend_heads(q, prepared["cross_keys"], prepared["cross_values"])
-        x = x + ops.matmul(y, prepared["cross_out_kernel"])
-        y = self.mlp.apply_kernels(self.norm_3(x), prepared["mlp_kernels"])
-        return x + y, cache_k, cache_v
+        y = _attend_heads(head_major(sa.project_query(h)), cache_k, cache_v, visible)
+        x = x + sa.attention_output(position_major(y))
+        q = head_major(ca.project_query(self.norm_2(x)))
+        y = _attend_heads(q, *cross_kv)
+        x = x + ca.attention_output(position_major(y))
+        return x + self.mlp(self.norm_3(x)), cache_k, cache_v
 
     def get_config(self):
         return {
@@ -420,10 +440,9 @@ class DecoderBlock(keras.layers.Layer):
 
 def _attend_heads(q, k, v, mask=None):
     """Head-major attention of one query position: q (B, h, 1, d) over
-    k, v (B, h, S, d) -> (B, 1, h * d); softmax in float32."""
+    k, v (B, h, S, d) -> (B, h, 1, d); softmax in float32."""
     logits = ops.cast(ops.einsum("bhqd,bhsd->bhqs", q, k), "float32")
     if mask is not None:
         logits = ops.where(mask, logits, ops.cast(-1e30, logits.dtype))
     weights = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
-    y = ops.einsum("bhqs,bhsd->bhqd", weights, v)
-    return ops.reshape(y, (ops.shape(y)[0], 1, y.shape[1] * y.shape[3]))
+    return ops.einsum("bhqs,bhsd->bhqd", weights, v)

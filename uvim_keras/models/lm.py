@@ -8,13 +8,14 @@ from uvim_keras.backend import compile_stateless
 from uvim_keras.layers import DecoderBlock, PatchEmbedding, PositionEmbedding, TransformerEncoder
 from uvim_keras.layers.transformer import layer_norm
 from uvim_keras.models.checks import check_codes, check_image, check_same_batch, grid_size, pair
+from uvim_keras.models.quantization import QuantizableModel
 from uvim_keras.models.sampling import decoding_noise, select_tokens
 
 BOS = 0
 
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
-class GuidingCodeLM(keras.Model):
+class GuidingCodeLM(QuantizableModel):
     """Encoder-decoder transformer that models the guiding code given the image.
 
     A ViT encoder reads the image; an autoregressive decoder (causal
@@ -70,25 +71,31 @@ class GuidingCodeLM(keras.Model):
         self.posemb = posemb
         self.dropout = float(dropout)
 
-        self.image_embedding = PatchEmbedding(self.width, self.patch_size, name="image_embedding")
-        self.encoder_posemb = PositionEmbedding(posemb, self.grid_size, name="encoder_posemb")
+        policy = self.dtype_policy
+        self.image_embedding = PatchEmbedding(
+            self.width, self.patch_size, name="image_embedding", dtype=policy)
+        self.encoder_posemb = PositionEmbedding(
+            posemb, self.grid_size, name="encoder_posemb", dtype=policy)
         self.encoder = TransformerEncoder(
-            self.num_layers, self.num_heads, self.mlp_dim, self.dropout, name="encoder"
+            self.num_layers, self.num_heads, self.mlp_dim, self.dropout, name="encoder",
+            dtype=policy,
         )
         self.token_embedding = keras.layers.Embedding(
             self.vocab_size, self.width,
             embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
-            name="token_embedding",
+            name="token_embedding", dtype=policy,
         )
-        self.decoder_posemb = PositionEmbedding(posemb, (1, self.code_len), name="decoder_posemb")
-        self.decoder_dropout = keras.layers.Dropout(self.dropout)
+        self.decoder_posemb = PositionEmbedding(
+            posemb, (1, self.code_len), name="decoder_posemb", dtype=policy)
+        self.decoder_dropout = keras.layers.Dropout(self.dropout, dtype=policy)
         self.decoder_blocks = [
-            DecoderBlock(self.num_heads, self.mlp_dim, self.dropout, name=f"decoder_block_{i}")
+            DecoderBlock(self.num_heads, self.mlp_dim, self.dropout, name=f"decoder_block_{i}",
+                         dtype=policy)
             for i in range(self.num_layers)
         ]
-        self.decoder_norm = layer_norm("decoder_norm")
+        self.decoder_norm = layer_norm("decoder_norm", policy)
         self.logits_dense = keras.layers.Dense(
-            self.vocab_size, kernel_initializer="zeros", name="logits"
+            self.vocab_size, kernel_initializer="zeros", name="logits", dtype=policy,
         )
         self._generators = {}
         self.build()
@@ -156,7 +163,7 @@ class GuidingCodeLM(keras.Model):
         n = ops.shape(encoded)[0]
         heads = self.num_heads
         head_dim = self.width // heads
-        prepared = [b.prepare_decoding(encoded) for b in self.decoder_blocks]
+        cross_kv = [b.cross_keys_values(encoded) for b in self.decoder_blocks]
         cache_shape = (n, heads, self.code_len, head_dim)  # head-major
         caches = [
             (ops.zeros(cache_shape, encoded.dtype), ops.zeros(cache_shape, encoded.dtype))
@@ -169,8 +176,8 @@ class GuidingCodeLM(keras.Model):
             x = self.token_embedding(prev[:, None])
             x = x + ops.slice(posemb, (0, t, 0), (1, 1, self.width))
             new_caches = []
-            for block, (ck, cv), prep in zip(self.decoder_blocks, caches, prepared):
-                x, ck, cv = block.decode_step(x, t, ck, cv, prep)
+            for block, (ck, cv), kv in zip(self.decoder_blocks, caches, cross_kv):
+                x, ck, cv = block.decode_step(x, t, ck, cv, kv)
                 new_caches.append((ck, cv))
             logits = self.logits_dense(self.decoder_norm(x))[:, 0]
             step_noise = None if noise is None else ops.take(noise, t, axis=0)

@@ -15,6 +15,7 @@ from uvim_keras.layers import (
     unpatchify,
 )
 from uvim_keras.models.checks import check_image, grid_size, pair
+from uvim_keras.models.quantization import QuantizableModel
 
 
 LAYOUTS = ("image", "patches")
@@ -25,7 +26,7 @@ def _check_layout(layout):
         raise ValueError(f"layout={layout!r}; expected one of {LAYOUTS}.")
 
 
-class _StageIViT(keras.Model):
+class _StageIViT(QuantizableModel):
     """What the oracle and the base model share: the ViT geometry, the image
     context stem, the position embedding and the encoder stack."""
 
@@ -71,12 +72,15 @@ class _StageIViT(keras.Model):
                 )
             self.code_grid = (side, side)
         self.image_embedding = (
-            PatchEmbedding(self.width, self.patch_size, name="image_embedding")
+            PatchEmbedding(self.width, self.patch_size, name="image_embedding",
+                           dtype=self.dtype_policy)
             if self.with_image_ctx else None
         )
-        self.position_embedding = PositionEmbedding(posemb, self.grid_size, name="posemb")
+        self.position_embedding = PositionEmbedding(
+            posemb, self.grid_size, name="posemb", dtype=self.dtype_policy)
         self.encoder = TransformerEncoder(
-            self.depth, self.num_heads, self.mlp_dim, self.dropout, name="transformer"
+            self.depth, self.num_heads, self.mlp_dim, self.dropout, name="transformer",
+            dtype=self.dtype_policy,
         )
 
     def _build_trunk(self):
@@ -136,13 +140,15 @@ class Oracle(_StageIViT):
 
     def __init__(self, label_channels, **kwargs):
         super().__init__(label_channels, **kwargs)
-        self.stems = [PatchStem(self.width, name=f"stem_{k}") for k in self.label_channels]
+        policy = self.dtype_policy
+        self.stems = [PatchStem(self.width, name=f"stem_{k}", dtype=policy)
+                      for k in self.label_channels]
         self.bottleneck = (
-            TokenResize(self.grid_size, self.code_grid, name="bottleneck")
+            TokenResize(self.grid_size, self.code_grid, name="bottleneck", dtype=policy)
             if self.bottleneck_resize
-            else TokenMixing(self.num_tokens, self.code_len, name="bottleneck")
+            else TokenMixing(self.num_tokens, self.code_len, name="bottleneck", dtype=policy)
         )
-        self.head = keras.layers.Dense(self.codeword_dim, name="head")
+        self.head = keras.layers.Dense(self.codeword_dim, name="head", dtype=policy)
         self.build()
 
     def build(self, input_shape=None):
@@ -196,15 +202,16 @@ class BaseModel(_StageIViT):
     def __init__(self, label_channels, head_zero_init=True, **kwargs):
         super().__init__(label_channels, **kwargs)
         self.head_zero_init = bool(head_zero_init)
-        self.stem = keras.layers.Dense(self.width, name="code_stem")
+        policy = self.dtype_policy
+        self.stem = keras.layers.Dense(self.width, name="code_stem", dtype=policy)
         self.unbottleneck = (
-            TokenResize(self.code_grid, self.grid_size, name="unbottleneck")
+            TokenResize(self.code_grid, self.grid_size, name="unbottleneck", dtype=policy)
             if self.bottleneck_resize
-            else TokenMixing(self.code_len, self.num_tokens, name="unbottleneck")
+            else TokenMixing(self.code_len, self.num_tokens, name="unbottleneck", dtype=policy)
         )
         p = self.patch_size[0] * self.patch_size[1]
         self.heads = [
-            PatchHead(c, p, zero_init=self.head_zero_init, name=f"head_{k}")
+            PatchHead(c, p, zero_init=self.head_zero_init, name=f"head_{k}", dtype=policy)
             for k, c in self.label_channels.items()
         ]
         self.build()

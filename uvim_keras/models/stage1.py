@@ -6,6 +6,7 @@ from keras import ops
 from uvim_keras.layers import CodeDropout, VectorQuantizer, patchify
 from uvim_keras.models.checks import check_codes, check_image, check_same_batch, pair
 from uvim_keras.models.oracle import BaseModel, Oracle
+from uvim_keras.models.quantization import QuantizableModel
 from uvim_keras.tasks import UViMTask, get_task
 
 
@@ -43,7 +44,7 @@ def batch_parts(inputs, needs_labels=True):
 
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
-class UViMStage1(keras.Model):
+class UViMStage1(QuantizableModel):
     """Stage I of UViM: learns the guiding code with a restricted oracle.
 
     The oracle Ω sees the label (and, with `oracle_image_ctx`, the image) and
@@ -128,22 +129,24 @@ class UViMStage1(keras.Model):
             dropout=self.dropout,
         )
         channels = self.task.label_channels
+        policy = self.dtype_policy
         self.oracle = Oracle(
             channels, depth=self.oracle_depth, with_image_ctx=self.oracle_image_ctx,
-            name="oracle", **common,
+            name="oracle", dtype=policy, **common,
         )
         self.quantizer = VectorQuantizer(
             self.dict_size, self.codeword_dim, momentum=self.dict_momentum,
             min_count=self.min_count, commitment_weight=self.commitment_weight,
-            seed=seed, name="quantizer",
+            seed=seed, name="quantizer", dtype=policy,
         )
         self.quantizer.build((None, self.code_len, self.codeword_dim))
         self.code_dropout = CodeDropout(
-            code_dropout, seed=None if seed is None else seed + 1, name="code_dropout"
+            code_dropout, seed=None if seed is None else seed + 1, name="code_dropout",
+            dtype=policy,
         )
         self.base_model = BaseModel(
             channels, depth=self.base_depth, with_image_ctx=self.base_image_ctx,
-            name="base_model", **common,
+            name="base_model", dtype=policy, **common,
         )
         self.reconstruction_loss_tracker = keras.metrics.Mean(name="reconstruction_loss")
         if self.zero_code:  # the ablation never uses the oracle
