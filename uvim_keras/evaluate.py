@@ -80,7 +80,8 @@ def evaluate(model, dataset, metric=None, categories=None, temperature=None, see
       categories: COCO categories (panoptic only).
       temperature, seed: sampling settings of a `UViM` (default: the task's).
       nyu_eval_crop: apply big_vision's NYU crop to raw 480x640 depth labels.
-      fid: an `uvim_keras.metrics.FID` for colorization.
+      fid: an `uvim_keras.metrics.FID` for colorization; UViM's colours are in
+        [-1, 1], so build it with `FID(image_range=(-1, 1))`.
       max_batches: stop after this many batches.
       progress: show a progress bar.
     Returns:

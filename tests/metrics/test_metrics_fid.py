@@ -168,23 +168,34 @@ def test_bad_statistics():
 
 def test_config_round_trip(tmp_path):
     metric = FID(inception_weights=tmp_path / "w.h5", image_size=128,
-                 batch_size=7, name="fid5k")
+                 batch_size=7, features="keras_inception_v3",
+                 image_range=(-1, 1), name="fid5k")
     config = metric.get_config()
     json.dumps(config)
     clone = FID.from_config(config)
     assert (clone.name, clone.image_size, clone.batch_size,
-            clone.inception_weights) == ("fid5k", 128, 7,
-                                         str(tmp_path / "w.h5"))
+            clone.inception_weights, clone.features, clone.image_range) == (
+                "fid5k", 128, 7, str(tmp_path / "w.h5"), "keras_inception_v3",
+                (-1.0, 1.0))
     clone = keras.saving.deserialize_keras_object(
         keras.saving.serialize_keras_object(metric))
     assert isinstance(clone, FID) and clone.batch_size == 7
+    default = FID.from_config(FID().get_config())
+    assert (default.features, default.inception_weights) == (
+        "fid_inception", None)
+    # A config saved before `features` existed meant Keras' InceptionV3.
+    old = {"name": "fid", "dtype": None, "inception_weights": "imagenet",
+           "image_size": 299, "batch_size": 50}
+    assert FID.from_config(old).features == "keras_inception_v3"
 
 
-# --- default Inception extractor ------------------------------------------
+# --- Keras' Inception-v3 extractor (features="keras_inception_v3") ---------
+# The default FID Inception extractor is tested in test_fid_inception.py.
 
 
 def test_missing_local_weights_file_explains_what_to_do(tmp_path):
-    metric = FID(inception_weights=tmp_path / "missing.h5")
+    metric = FID(inception_weights=tmp_path / "missing.h5",
+                 features="keras_inception_v3")
     with pytest.raises(InceptionWeightsError) as info:
         metric.update_state(real_images=np.zeros((2, 80, 80, 3), np.uint8))
     message = str(info.value)
@@ -198,7 +209,7 @@ def test_offline_download_failure_explains_what_to_do(monkeypatch):
         raise OSError("URL fetch failure: network is unreachable")
 
     monkeypatch.setattr(inception_features.keras.utils, "get_file", offline)
-    metric = FID()  # inception_weights="imagenet"
+    metric = FID(features="keras_inception_v3")  # weights "imagenet"
     with pytest.raises(InceptionWeightsError, match="network is unreachable") \
             as info:
         metric.update_state(generated_images=np.zeros((2, 80, 80, 3)))

@@ -174,6 +174,22 @@ def fid_from_features(features1, features2):
     return frechet_distance(mu1, sigma1, mu2, sigma2)
 
 
+FEATURES = ("fid_inception", "keras_inception_v3")
+_STANDARD_WEIGHTS = {"fid_inception": "pytorch_fid",
+                     "keras_inception_v3": "imagenet"}
+
+
+def _check_weights(features, weights):
+    other = {v: k for k, v in _STANDARD_WEIGHTS.items()}
+    if isinstance(weights, str) and weights in other and (
+            other[weights] != features):
+        raise ValueError(
+            f"inception_weights: got {weights!r} with features={features!r};"
+            f" expected None, {_STANDARD_WEIGHTS[features]!r} or a local "
+            f"file path ({weights!r} are the weights of "
+            f"features={other[weights]!r})")
+
+
 @keras.saving.register_keras_serializable(package="uvim_keras")
 class FID(keras.metrics.Metric):
     """Fréchet Inception Distance between real and generated images.
@@ -181,23 +197,33 @@ class FID(keras.metrics.Metric):
     Accumulates features of real and generated samples (host numpy) and
     returns `frechet_distance` of their float64 mean / unbiased covariance.
     Features come either directly (``real_features=``,
-    ``generated_features=``) or from images through the feature extractor:
+    ``generated_features=``) or from images (RGB, values in `image_range`)
+    through a feature extractor, built on first use:
 
-    * default: Inception-v3 average-pool (2048-d) features of
-      ``keras.applications.InceptionV3(include_top=False, pooling="avg")``,
-      built on first use with ``inception_weights`` ("imagenet" = Keras
-      cache / download, or the path of a local weights file). Offline without
-      a cached file this raises `InceptionWeightsError` explaining how to
-      provide the file;
-    * or any Keras model / callable ``images -> (B, d) features``.
+    * ``features="fid_inception"`` (default): the network FID is defined
+      with, TF's 2015 FID Inception graph as pytorch-fid runs it
+      (`FIDInceptionFeatureExtractor`: resize to 299 x 299 as pytorch-fid,
+      2048-d pool features) with pytorch-fid's weights
+      ``pt_inception-2015-12-05-6726825d.pth``. ``inception_weights`` is
+      "pytorch_fid" (torch hub's or Keras' cache, else downloaded from
+      pytorch-fid's release) or a local ``.pth`` (needs torch) / ``.npz``
+      (`convert_pth_to_npz`). These FIDs are pytorch-fid's, comparable
+      with published numbers computed with the same protocol;
+    * ``features="keras_inception_v3"``: ``keras.applications.InceptionV3``
+      average-pool features (`InceptionFeatureExtractor`,
+      ``inception_weights`` "imagenet" or a local ``.h5``, ``image_size``).
+      Other weights and layers than FID's network: its values are NOT
+      comparable with published FIDs (kept for earlier results);
+    * or ``feature_extractor=``: any Keras model / callable
+      ``images -> (B, d) features`` (gets the images as they are).
+
+    Offline without the weights file, the built-in extractors raise
+    `InceptionWeightsError` explaining how to provide it.
 
     Protocol of the UViM paper (colorization, "FID-5k", following ColTran):
     colorize 5000 images of the ImageNet validation set, and compute the FID
     between the Inception pool3 features (2048-d) of the 5000 colorized
     images and of the corresponding 5000 real (ground-truth colour) images.
-    Note that the Keras Inception weights differ from the TF-GAN FID
-    Inception graph behind published numbers; pass a port of that network as
-    ``feature_extractor`` to compare with the paper.
 
     Example:
 
@@ -208,27 +234,53 @@ class FID(keras.metrics.Metric):
     ...                  generated_images=rng.normal(size=(100, 2, 2, 1)))
     >>> fid.result() < 1.0
     True
+    >>> fid5k = FID(image_range=(-1, 1))        # UViM colorization outputs
 
     Args:
-        feature_extractor: None (Inception-v3), or a Keras model / callable.
-        inception_weights: weights of the default extractor: "imagenet" or a
-            local file path.
-        image_size: input size of the default extractor (299 standard).
+        feature_extractor: None (the built-in extractor named by
+            `features`), or a Keras model / callable.
+        inception_weights: weights of the built-in extractor; None picks
+            its standard ones ("pytorch_fid" or "imagenet"), else a local
+            file path.
+        image_size: input size of "keras_inception_v3" (299 standard);
+            "fid_inception" always resizes to 299 as pytorch-fid does.
         batch_size: images per forward pass of the extractor.
+        features: "fid_inception" or "keras_inception_v3" (see above).
+        image_range: (low, high) values of black and white in the images
+            given to the built-in extractors ((0, 255) for uint8 images,
+            (-1, 1) for UViM's colorization outputs); a custom
+            `feature_extractor` gets the images unchanged.
         name, dtype: Keras metric arguments.
     """
 
-    def __init__(self, feature_extractor=None, inception_weights="imagenet",
-                 image_size=299, batch_size=50, name="fid", dtype=None):
+    def __init__(self, feature_extractor=None, inception_weights=None,
+                 image_size=299, batch_size=50, features="fid_inception",
+                 image_range=(0, 255), name="fid", dtype=None):
         super().__init__(name=name, dtype=dtype)
         if feature_extractor is not None and not callable(feature_extractor):
             raise ValueError(
                 f"feature_extractor: got {type(feature_extractor).__name__}; "
                 "expected None, a Keras model or a callable")
+        if features not in FEATURES:
+            raise ValueError(
+                f"features: got {features!r}; expected one of {FEATURES}")
+        if features == "fid_inception" and int(image_size) != 299:
+            raise ValueError(
+                f"image_size: got {image_size} with features='fid_inception';"
+                " expected 299 (pytorch-fid always resizes to 299 x 299; "
+                "other sizes need features='keras_inception_v3')")
+        _check_weights(features, inception_weights)
+        low, high = (float(v) for v in image_range)
+        if not high > low:
+            raise ValueError(
+                f"image_range: got {tuple(image_range)}; expected (low, high)"
+                " with high > low")
         self.feature_extractor = feature_extractor
+        self.features = features
         self.inception_weights = inception_weights
         self.image_size = int(image_size)
         self.batch_size = int(batch_size)
+        self.image_range = (low, high)
         self._default_extractor = None
         self.reset_state()
 
@@ -236,13 +288,27 @@ class FID(keras.metrics.Metric):
         self.real_features = []
         self.generated_features = []
 
+    def _build_extractor(self):
+        weights = self.inception_weights
+        if weights is None:
+            weights = _STANDARD_WEIGHTS[self.features]
+        if self.features == "fid_inception":
+            from uvim_keras.metrics.fid_inception_features import (
+                FIDInceptionFeatureExtractor)
+            return FIDInceptionFeatureExtractor(weights, self.batch_size)
+        from uvim_keras.metrics.inception_features import (
+            InceptionFeatureExtractor)
+        return InceptionFeatureExtractor(weights, self.image_size,
+                                         self.batch_size)
+
     def _extract(self, images):
         if self.feature_extractor is None:
             if self._default_extractor is None:
-                from uvim_keras.metrics.inception_features import (
-                    InceptionFeatureExtractor)
-                self._default_extractor = InceptionFeatureExtractor(
-                    self.inception_weights, self.image_size, self.batch_size)
+                self._default_extractor = self._build_extractor()
+            low, high = self.image_range
+            if (low, high) != (0.0, 255.0):
+                images = (np.asarray(images, np.float32) - low) * np.float32(
+                    255.0 / (high - low))
             return self._default_extractor(images)
         if isinstance(self.feature_extractor, keras.Model):
             outputs = []
@@ -330,11 +396,16 @@ class FID(keras.metrics.Metric):
     def get_config(self):
         """Config without the feature extractor (pass it again if custom)."""
         return {"name": self.name, "dtype": self.dtype,
+                "features": self.features,
                 "inception_weights": (
                     None if self.inception_weights is None
                     else str(self.inception_weights)),
-                "image_size": self.image_size, "batch_size": self.batch_size}
+                "image_size": self.image_size, "batch_size": self.batch_size,
+                "image_range": list(self.image_range)}
 
     @classmethod
     def from_config(cls, config):
+        config = dict(config)
+        # Configs saved before "features" existed used Keras' InceptionV3.
+        config.setdefault("features", "keras_inception_v3")
         return cls(**config)

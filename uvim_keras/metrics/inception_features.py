@@ -1,4 +1,10 @@
-"""Inception-v3 pool features (2048-d) for FID, built from keras.applications."""
+"""Keras' Inception-v3 pool features (2048-d): FID's non-default alternative.
+
+``FID(features="keras_inception_v3")`` uses this extractor. Its network and
+weights (keras.applications' ImageNet Inception-v3) are not the FID
+Inception graph FID is defined with, so its FIDs are not comparable with
+published numbers; the default is `fid_inception_features`.
+"""
 
 import os
 
@@ -22,7 +28,8 @@ def _how_to_provide(reason):
         f"Could not load the Inception-v3 ImageNet weights for FID ({reason}). "
         f"Without network access, download {WEIGHTS_URL} on a connected "
         f"machine and either pass its local path, e.g. "
-        f"FID(inception_weights='/path/to/{WEIGHTS_FILE}'), or copy it to "
+        f"FID(features='keras_inception_v3', "
+        f"inception_weights='/path/to/{WEIGHTS_FILE}'), or copy it to "
         f"~/.keras/models/{WEIGHTS_FILE} (or $KERAS_HOME/models/). "
         "Alternatively pass FID(feature_extractor=...) with any Keras model "
         "or callable mapping images to features.")
@@ -57,8 +64,8 @@ class InceptionFeatureExtractor:
 
     Note: keras.applications' Inception-v3 weights are not the TF 2015-12-05
     "pool_3" graph used by TF-GAN / pytorch-fid, so absolute FID values are
-    not comparable with published numbers; plug such a network in through
-    ``FID(feature_extractor=...)`` for that.
+    not comparable with published numbers; `FIDInceptionFeatureExtractor`
+    (FID's default) computes those.
 
     Example:
 
