@@ -26,8 +26,10 @@ def run_cli(capsys, *argv):
     return rc, out, err
 
 
-def assert_one_line_error(rc, err, match):
-    assert rc == 2, err
+def assert_one_line_error(rc, err, match, code=1):
+    """One line on stderr, no traceback; exit status 1 for a failure at run
+    time (missing file, unknown preset, ...), 2 for a usage error."""
+    assert rc == code, (rc, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert "Traceback" not in err
@@ -148,6 +150,20 @@ def test_stage1_conversion_and_presets_listing(tmp_path, capsys, monkeypatch):
     assert rc == 0, err
     assert "stage-I panoptic preset" in stdout and "UViMStage1.from_preset" in stdout
     assert "task.json" not in os.listdir(out)
+    # progress: a line per stage, and the checkpoint's arrays counted
+    n = len(np.load(FIX / "stageI_panoptic_params.npz").files)
+    lines = stdout.splitlines()
+    stages = ["building the stage-I model",
+              f"assigning the stage-I weights (stageI_panoptic_params.npz): {n} arrays",
+              f"assigned {n} arrays", "saving the preset"]
+    found = [next((i for i, line in enumerate(lines) if stage in line), None) for stage in stages]
+    assert None not in found and found == sorted(found), stdout
+    assert lines[-1].startswith("wrote stage-I panoptic preset"), stdout
+    rc, stdout, err = run_cli(capsys, "convert", "--task", "panoptic", "--stage1",
+                              FIX / "stageI_panoptic_params.npz", "--config", config, "-o", out,
+                              "--overwrite", "--quiet")
+    assert rc == 0, err
+    assert stdout.splitlines() == [line for line in lines if line.startswith("wrote ")], stdout
     rc, stdout, err = run_cli(capsys, "presets")
     assert rc == 0
     for name in ("panoptic_coco", "depth_nyu_stage1", "colorization_imagenet"):
@@ -190,7 +206,7 @@ def test_convert_installs_a_named_preset_then_predict_uses_it(images, tmp_path, 
         unregister_preset(spec.name)
 
 
-# -- bad arguments: one line, exit status 2 ---------------------------------------------
+# -- errors: one line, exit status 1 (run time) or 2 (usage) ----------------------------
 def test_predict_bad_arguments(converted, images, tmp_path, capsys):
     preset, _ = converted
     out = tmp_path / "o"
@@ -203,12 +219,12 @@ def test_predict_bad_arguments(converted, images, tmp_path, capsys):
     rc, _, err = run_cli(capsys, "predict", "--preset", preset, bad, "-o", out)
     assert_one_line_error(rc, err, "cannot read image")
     rc, _, err = run_cli(capsys, "predict", "--preset", preset, images[0], "-o", out, "--samples", 0)
-    assert_one_line_error(rc, err, "--samples 0")
+    assert_one_line_error(rc, err, "--samples 0", code=2)
     rc, _, err = run_cli(capsys, "predict", "--preset", preset, images[0], "-o", out,
                          "--temperature", -1)
-    assert_one_line_error(rc, err, "--temperature -1.0")
+    assert_one_line_error(rc, err, "--temperature -1.0", code=2)
     rc, _, err = run_cli(capsys, "predict", "--preset", preset, images[0])
-    assert_one_line_error(rc, err, "required: -o/--out")
+    assert_one_line_error(rc, err, "required: -o/--out", code=2)
     rc, _, err = run_cli(capsys, "predict", "--preset", "panoptic_coco_stage1", images[0], "-o", out)
     assert_one_line_error(rc, err, "stage-I preset")
     assert not out.exists()
@@ -231,9 +247,9 @@ def test_convert_bad_arguments(converted, tmp_path, capsys):
     assert_one_line_error(rc, err, "stageI_panoptic_params.npz does not match the stage-I config: "
                           "state/dictionary: checkpoint (16, 16), config (4096, 768)")
     rc, _, err = run_cli(capsys, "convert", "--preset", "nope", "--stage1", p1)
-    assert_one_line_error(rc, err, "unknown preset 'nope'")
+    assert_one_line_error(rc, err, "unknown preset 'nope'", code=2)  # not a named preset
     rc, _, err = run_cli(capsys, "convert", "--stage1", p1, "-o", out)
-    assert_one_line_error(rc, err, "give --task")
+    assert_one_line_error(rc, err, "give --task", code=2)
     rc, _, err = run_cli(capsys, "convert", "--task", "panoptic", "--stage1", p1, "--stage2", p2,
                          "--config", config, "-o", FIX)
     assert_one_line_error(rc, err, "exists and is not empty")
@@ -247,6 +263,6 @@ def test_console_errors_have_no_traceback(tmp_path):
          str(tmp_path / "a.jpg"), "-o", str(tmp_path / "o")],
         capture_output=True, text=True, env=env, cwd=REPO,
     )
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         f"uvim-keras predict: error: image '{tmp_path / 'a.jpg'}' does not exist."]

@@ -87,9 +87,12 @@ def test_named_presets_record_the_released_configs():
     from uvim_keras import UViM, UViMStage1
     from uvim_keras.presets import PRESETS
 
-    assert set(UViM.presets) == {"panoptic_coco", "depth_nyu", "colorization_imagenet"}
-    assert set(UViMStage1.presets) == set(PRESETS) == set(UViM.presets) | {
-        n + "_stage1" for n in UViM.presets}
+    from uvim_keras.presets.bundled import BUNDLED_PRESETS
+
+    released = {"panoptic_coco", "depth_nyu", "colorization_imagenet"}
+    assert set(UViM.presets) == released | set(BUNDLED_PRESETS)  # bundled: complete UViMs
+    assert set(PRESETS) == released | {n + "_stage1" for n in released}
+    assert set(UViMStage1.presets) == set(PRESETS) | set(BUNDLED_PRESETS)
     base = "https://storage.googleapis.com/big_vision/uvim/"
     expected = {"panoptic": ("panoptic", {"PQ": 43.1}, 0.0),
                 "depth": ("depth", {"RMSE": 0.463}, 0.0),
@@ -349,38 +352,47 @@ def test_uvim_preset_round_trip_and_layout(tmp_path, tiny_uvim):
     assert stage1.get_config() == {**tiny_uvim.stage1.get_config(), "name": stage1.name}
 
 
-def _make_layout_1(path):
-    """Turns a preset folder into what an older uvim-keras wrote: MLP kernels
-    (in, out) and no `weights_layout` in uvim_preset.json."""
-    from uvim_keras.presets import layout
-
-    for name in os.listdir(path):
-        if name.endswith(".weights.h5"):
-            layout.transpose_mlp_kernels(os.path.join(path, name))
-    info = json.loads((path / "uvim_preset.json").read_text())
-    del info["weights_layout"]
-    (path / "uvim_preset.json").write_text(json.dumps(info))
+LAYOUT2 = pathlib.Path(__file__).parent / "fixtures" / "weights_layout2"
 
 
-def test_older_weights_layout_is_refused_then_upgraded(tmp_path, tiny_uvim):
+def _old_preset(tmp_path, layout):
+    """A copy of a preset written by uvim-keras before weights_layout 3 (made
+    with that code: tests/fixtures/weights_layout2); layout 1 transposes its
+    MLP kernels back to (in, out) and drops the recorded layout."""
+    from uvim_keras.presets import layout as layouts
+
+    path = tmp_path / f"layout{layout}"
+    shutil.copytree(LAYOUT2 / "preset", path)
+    if layout == 1:
+        for name in os.listdir(path):
+            if name.endswith(".weights.h5"):
+                layouts.transpose_mlp_kernels(os.path.join(path, name))
+        info = json.loads((path / "uvim_preset.json").read_text())
+        del info["weights_layout"]
+        (path / "uvim_preset.json").write_text(json.dumps(info))
+    return path
+
+
+@pytest.mark.parametrize("layout", [1, 2])
+def test_older_weights_layout_is_refused_then_upgraded(tmp_path, layout):
     from uvim_keras import UViM
     from uvim_keras.presets import PresetError, WEIGHTS_LAYOUT, upgrade_weights_layout
 
-    path = tmp_path / "old"
-    tiny_uvim.save_to_preset(str(path))
-    assert json.loads((path / "uvim_preset.json").read_text())["weights_layout"] == WEIGHTS_LAYOUT
-    assert upgrade_weights_layout(path) == 0  # current: nothing to do
-    _make_layout_1(path)
-    with pytest.raises(PresetError, match=r"stores its MLP kernels \(in, out\).*"
+    path = _old_preset(tmp_path, layout)
+    with pytest.raises(PresetError, match=rf"older uvim-keras \(weights_layout {layout}\).*"
                                           r"upgrade_weights_layout"):
         UViM.from_preset(str(path))
-    mlps = 2 * (tiny_uvim.lm.num_layers * 2 + len(tiny_uvim.stage1.oracle.encoder.blocks)
-                + len(tiny_uvim.stage1.base_model.encoder.blocks))
-    assert upgrade_weights_layout(path) == mlps
-    assert sorted(os.listdir(tmp_path)) == ["old"]  # no staging folders left
+    # 3 attention layers with biases (8 arrays), 2 without (4); 4 MLPs (2 kernels)
+    assert upgrade_weights_layout(path) == 3 * 8 + 2 * 4 + (8 if layout == 1 else 0)
+    assert sorted(os.listdir(tmp_path)) == [f"layout{layout}"]  # no staging folders left
+    assert json.loads((path / "uvim_preset.json").read_text())["weights_layout"] == WEIGHTS_LAYOUT
+    assert upgrade_weights_layout(path) == 0  # current: nothing to do
     loaded = UViM.from_preset(str(path))
-    for a, b in zip(tiny_uvim.weights, loaded.weights):
-        np.testing.assert_array_equal(to_numpy(a), to_numpy(b), err_msg=a.path)
+    expected = np.load(LAYOUT2 / "layout2_expected.npz")
+    logits = loaded.lm({"image": expected["images"], "codes": expected["rand_codes"]})
+    np.testing.assert_allclose(to_numpy(logits), expected["lm_logits"], atol=1e-5)
+    np.testing.assert_array_equal(loaded.predict(expected["images"], verbose=0),
+                                  expected["outputs"])
     # a folder from a newer uvim-keras is refused too, not misread
     info = json.loads((path / "uvim_preset.json").read_text())
     (path / "uvim_preset.json").write_text(json.dumps({**info, "weights_layout": 99}))
@@ -388,13 +400,35 @@ def test_older_weights_layout_is_refused_then_upgraded(tmp_path, tiny_uvim):
         UViM.from_preset(str(path))
 
 
-def test_outdated_cached_conversion_is_upgraded_when_loaded(tmp_path, tiny_uvim, cache_dir):
-    from uvim_keras.presets import api, cache
+def test_upgraded_files_hold_what_a_fresh_save_holds(tmp_path):
+    """Every array lands where Keras itself would write it (same paths, shapes)."""
+    import h5py
+
+    from uvim_keras import UViM
+    from uvim_keras.presets import upgrade_weights_layout
+
+    path = _old_preset(tmp_path, 1)
+    upgrade_weights_layout(path)
+    fresh = tmp_path / "fresh"
+    UViM.from_preset(str(path)).save_to_preset(str(fresh))
+
+    def arrays(file):
+        found = {}
+        with h5py.File(file) as f:
+            f.visititems(lambda n, o: found.__setitem__(n, o.shape)
+                         if isinstance(o, h5py.Dataset) else None)
+        return found
+
+    for name in ("model.weights.h5", "task.weights.h5"):
+        assert arrays(path / name) == arrays(fresh / name), name
+
+
+def test_outdated_cached_conversion_is_upgraded_when_loaded(tmp_path, cache_dir):
+    from uvim_keras.presets import WEIGHTS_LAYOUT, api, cache
 
     _ = cache_dir
     path = cache.preset_cache_path("some_named_preset")
-    tiny_uvim.save_to_preset(path)
-    _make_layout_1(pathlib.Path(path))
+    shutil.copytree(_old_preset(tmp_path, 1), path)
 
     def layout():
         return json.loads(open(os.path.join(path, "uvim_preset.json")).read()).get("weights_layout")
@@ -402,7 +436,7 @@ def test_outdated_cached_conversion_is_upgraded_when_loaded(tmp_path, tiny_uvim,
     assert cache.cached_preset("some_named_preset") == path
     assert layout() is None  # listing the cache changes nothing
     assert api._cached("some_named_preset") == path
-    assert layout() == 2
+    assert layout() == WEIGHTS_LAYOUT
 
 
 @pytest.mark.multibackend

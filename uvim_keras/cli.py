@@ -1,4 +1,15 @@
-"""The `uvim-keras` command line (also `python -m uvim_keras`)."""
+"""The `uvim-keras` command line (also `python -m uvim_keras`).
+
+Nothing heavy is imported before the arguments are parsed (`--help` and
+`--version` answer without Keras or JAX); each command imports what it needs.
+
+Exit status: 0 on success, 2 for a usage error (argparse's, or a bad
+argument value the command checks before it starts), 1 when a command fails
+at run time (a missing or unreadable file, an unknown preset, a checkpoint
+that does not convert, ...), 130 when interrupted. Failures are reported on
+one line on stderr; `--traceback` (or UVIM_KERAS_TRACEBACK=1) adds the
+traceback.
+"""
 
 import argparse
 import os
@@ -9,20 +20,37 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+DISTRIBUTION = "uvim-keras"
 
 _DEMO_OVERRIDES = ("size", "train_examples", "eval_examples", "stage1_epochs", "stage2_epochs",
                    "batch_size")
 
 
+def version():
+    """The installed distribution's version (importlib.metadata)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _demo(args):
     import dataclasses
 
-    from uvim_keras.demo import demo_config, run_demo
+    from uvim_keras.cli_presets import CommandError
+    from uvim_keras.demo import _check_args, demo_config, run_demo
 
     config = demo_config(args.task, args.quick)
     overrides = {k: getattr(args, k) for k in _DEMO_OVERRIDES if getattr(args, k) is not None}
-    run_demo(task=args.task, out=args.out, seed=args.seed, quick=args.quick,
-             config=dataclasses.replace(config, **overrides), verbose=0 if args.quiet else 1)
+    config = dataclasses.replace(config, **overrides)
+    try:  # bad argument values are usage errors (exit status 2)
+        _check_args(args.task, args.seed, args.out, config)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    run_demo(task=args.task, out=args.out, seed=args.seed, quick=args.quick, config=config,
+             verbose=0 if args.quiet else 1)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,10 +60,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _VersionAction(argparse.Action):
+    """`--version`: looks the version up only when asked."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="print the package version and exit"):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog} {version()}")
+        parser.exit(0)
+
+
 def build_parser():
     from uvim_keras.cli_presets import add_subcommands
 
-    parser = _Parser(prog="uvim-keras", description="UViM on Keras 3.")
+    parser = _Parser(prog="uvim-keras", description="UViM on Keras 3.",
+                     epilog="exit status: 0 done, 1 the command failed (one line on stderr), "
+                     "2 usage error")
+    parser.add_argument("--version", action=_VersionAction)
+    parser.add_argument("--traceback", action="store_true",
+                        help="on an error, print the traceback too (or set UVIM_KERAS_TRACEBACK=1)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     demo = sub.add_parser(
         "demo", help="train and evaluate a two-stage UViM on synthetic data (CPU, minutes)"
@@ -51,22 +96,41 @@ def build_parser():
                           help=f"override the recipe's {name}")
     demo.set_defaults(func=_demo)
     add_subcommands(sub)
+    for command in sub.choices.values():  # also after the command (default: the parser's)
+        command.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                             help="on an error, print the traceback too")
     return parser
+
+
+# Exceptions whose message is written for the user (it names the file or
+# argument): shown as they are. Anything else is shown with its type.
+_EXPECTED = (ValueError, OSError, ImportError)
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    from uvim_keras.cli_presets import one_line
+    from uvim_keras.cli_presets import CommandError, one_line
 
+    prefix = f"uvim-keras {args.command}"
     try:
         args.func(args)
-    except (ValueError, OSError, ImportError) as e:
-        print(f"uvim-keras {args.command}: error: {one_line(e)}", file=sys.stderr)
+    except CommandError as e:  # a bad argument value: a usage error
+        print(f"{prefix}: error: {one_line(e)} (see {prefix} --help)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"uvim-keras {args.command}: interrupted", file=sys.stderr)
+        print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 (every failure ends in one line, exit status 1)
+        message = one_line(e)
+        if not isinstance(e, _EXPECTED) and message != type(e).__name__:
+            message = f"{type(e).__name__}: {message}"
+        if args.traceback or os.environ.get("UVIM_KERAS_TRACEBACK", "") not in ("", "0"):
+            import traceback
+
+            traceback.print_exc()
+        print(f"{prefix}: error: {message}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -6,6 +6,8 @@ A preset handle is one of
   first use its big_vision checkpoints are downloaded into the Keras cache,
   converted and saved as a keras-hub preset folder in the cache; later uses
   load that folder without any network request;
+* a bundled preset ("shapes_panoptic", "shapes_depth", "shapes_colorization",
+  `uvim_keras.presets.bundled`): shipped with the package, loaded offline;
 * a local preset folder (written by `save_to_preset` or `uvim-keras convert`;
   write `./name` for a folder named like a named preset);
 * `hf://org/name`, `kaggle://org/model/keras/variant`, `gs://...`: handled by
@@ -16,7 +18,7 @@ import json
 import os
 
 from uvim_keras.presets import cache, layout, registry
-from uvim_keras.presets.bundled import bundled_preset
+from uvim_keras.presets.bundled import bundled_preset, bundled_presets
 from uvim_keras.presets.cache import DownloadError
 
 
@@ -27,9 +29,11 @@ class PresetError(ValueError):
 # -- handles ----------------------------------------------------------------------
 def _unknown(preset):
     names = ", ".join(registry.PRESETS)
+    bundled = ", ".join(bundled_presets())
+    offline = f"; bundled, offline: {bundled}" if bundled else ""
     return PresetError(
-        f"unknown preset {preset!r}: expected a named preset ({names}), a local preset "
-        "folder, hf://org/name or kaggle://org/model/keras/variant."
+        f"unknown preset {preset!r}: expected a named preset ({names}{offline}), a local "
+        "preset folder, hf://org/name or kaggle://org/model/keras/variant."
     )
 
 

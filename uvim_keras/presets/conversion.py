@@ -106,10 +106,37 @@ class _StrippedNames:
         return self._npz[self._map[key]]
 
 
-def _load(model, path):
+def _open_npz(path, report=None, stage=None):
+    """`np.load(path)`, or with `report`, an NpzFile that calls
+    report(stage, done, total) as each array is first read (reading the
+    shapes from the zip headers, as `convert._stored_shape` does, is not
+    counted)."""
     import numpy as np
 
-    with np.load(path, allow_pickle=False) as npz:
+    if report is None:
+        return np.load(path, allow_pickle=False)
+
+    class _ReportingNpz(np.lib.npyio.NpzFile):
+        def __getitem__(self, key):
+            value = super().__getitem__(key)
+            if key not in self._read:
+                self._read.add(key)
+                report(stage, len(self._read), len(self.files))
+            return value
+
+    fid = open(path, "rb")
+    try:
+        npz = _ReportingNpz(fid, own_fid=True, allow_pickle=False)
+    except BaseException:
+        fid.close()
+        raise
+    npz._read = set()
+    report(stage, 0, len(npz.files))
+    return npz
+
+
+def _load(model, path, report=None, stage=None):
+    with _open_npz(path, report, stage) as npz:
         keys = list(npz.keys())
         if keys and all(k.startswith("opt/target/") for k in keys):
             convert.load_big_vision_weights(model, _StrippedNames(npz, "opt/target/"))
@@ -197,7 +224,7 @@ def build_models(stage1_config, lm_config=None, task_config=None):
 
 def convert_to_preset(out_dir, task, stage1_path, stage1_config, stage2_path=None,
                       lm_config=None, task_config=None, temperature=None, info=None,
-                      stage1_preset=None, overwrite=False):
+                      stage1_preset=None, overwrite=False, progress=None):
     """Converts big_vision checkpoints into a preset folder `out_dir`.
 
     `stage1_path` / `stage2_path`: the `.npz` files (stage 2 optional: without
@@ -208,11 +235,18 @@ def convert_to_preset(out_dir, task, stage1_path, stage1_config, stage2_path=Non
     complete. An existing non-empty `out_dir` is an error unless `overwrite`:
     True replaces it, "keep" keeps a complete preset found there when done
     (another process converted the same files meanwhile) and replaces
-    anything else.
+    anything else. `progress`: None or a callable progress(stage, done,
+    total) told of each stage (a line of text; done and total None) and of
+    each checkpoint array assigned (done of total arrays).
     Returns `out_dir`.
     """
     from uvim_keras.presets import api
 
+    def report(stage, done=None, total=None):
+        if progress is not None:
+            progress(stage, done, total)
+
+    arrays = report if progress is not None else None
     if stage1_path is not None:
         check_checkpoints(task, stage1_path, stage2_path)
     elif stage2_path is not None:
@@ -230,23 +264,28 @@ def convert_to_preset(out_dir, task, stage1_path, stage1_config, stage2_path=Non
         if lm_config is not None:
             quick_check(stage2_path, lm_config, 2)
         if stage1_preset is not None:
+            report(f"loading the stage-I model from {stage1_preset}")
             stage1 = api.load_stage1(stage1_preset)
         else:
+            report("building the stage-I model")
             stage1 = build_models(stage1_config, None, task_config)[0]
-            _load(stage1, stage1_path)
+            _load(stage1, stage1_path, arrays,
+                  f"stage-I weights ({os.path.basename(os.fspath(stage1_path))})")
         if task_name(stage1.task) != task:
             raise CheckpointError(
                 f"the stage-I config is for the {task_name(stage1.task)} task, not {task}."
             )
         lm = None
         if lm_config is not None:
+            report("building the stage-II LM")
             lm = convert.lm_from_big_vision_config(lm_config)
             if (lm.code_len, lm.dict_size) != (stage1.code_len, stage1.dict_size):
                 raise convert.ConversionError(
                     f"the LM config (seq_len {lm.code_len}, vocab {lm.dict_size + 1}) does not fit "
                     f"the stage-I model (code_len {stage1.code_len}, dict_size {stage1.dict_size})."
                 )
-            _load(lm, stage2_path)
+            _load(lm, stage2_path, arrays,
+                  f"stage-II LM weights ({os.path.basename(os.fspath(stage2_path))})")
         info = dict(info or {})
         info.setdefault("task", task)
         sources = [os.path.basename(os.fspath(p)) for p in (stage1_path, stage2_path) if p]
@@ -255,6 +294,7 @@ def convert_to_preset(out_dir, task, stage1_path, stage1_config, stage2_path=Non
             "stage1": stage1_config, **({"lm": lm_config} if lm_config else {}),
             **({"task": task_config} if task_config else {}),
         })
+        report(f"saving the preset ({out_dir})")
         if lm is not None:
             from uvim_keras.models.uvim import UViM
 

@@ -1,6 +1,7 @@
 """Reading images from disk and preparing them as big_vision's UViM
 prediction pipelines do (`resize(512)|value_range(-1, 1)`, plus
-`rgb_to_grayscale_to_rgb` for colorization)."""
+`rgb_to_grayscale_to_rgb` for colorization), and resizing a prediction made
+at the model's size back to the image's own size (`resize_prediction`)."""
 
 import os
 
@@ -54,3 +55,72 @@ def prepare_image(image, size, grey=False):
     if grey:
         x = to_grey(x)
     return np.clip(x / 127.5 - 1.0, -1.0, 1.0).astype("float32")
+
+
+# -- outputs back at the input's size -----------------------------------------------
+#: How each task's output is resized back: interpolation and the axes of
+#: (height, width) in one output (panoptic (H, W, 2), depth (H, W), colour (H, W, 3)).
+OUTPUT_RESIZE = {
+    "panoptic": ("nearest", (-3, -2)),
+    "depth": ("bilinear", (-2, -1)),
+    "colorization": ("bilinear", (-3, -2)),
+}
+
+
+def _source_coords(out_len, in_len):
+    """Half-pixel-centre source coordinates of `out_len` output pixels."""
+    return (np.arange(out_len, dtype="float64") + 0.5) * (in_len / out_len) - 0.5
+
+
+def _resize_axis(x, axis, out_len, method):
+    in_len = x.shape[axis]
+    if in_len == out_len:
+        return x
+    coords = _source_coords(out_len, in_len)
+    if method == "nearest":
+        index = np.clip(np.floor(coords + 0.5), 0, in_len - 1).astype("int64")
+        return np.take(x, index, axis=axis)
+    coords = np.clip(coords, 0, in_len - 1)
+    lo = np.floor(coords).astype("int64")
+    hi = np.minimum(lo + 1, in_len - 1)
+    shape = [1] * x.ndim
+    shape[axis] = out_len
+    w = (coords - lo).reshape(shape)
+    a, b = np.take(x, lo, axis=axis), np.take(x, hi, axis=axis)
+    return (a * (1.0 - w) + b * w).astype(x.dtype)
+
+
+def resize_output(output, size, method, axes=(-3, -2)):
+    """A model output (e.g. one image's (H, W, 2) panoptic map or its samples
+    (N, H, W, 2)) resized to `size` = (height, width) along `axes`.
+
+    method: "nearest" (label maps: every value is one of the model's) or
+    "bilinear" (depth, colour: half-pixel centres as `tf.image.resize`, no
+    antialiasing, as `prepare_image`). The dtype is kept."""
+    if method not in ("nearest", "bilinear"):
+        raise ValueError(f"method={method!r}; expected 'nearest' or 'bilinear'.")
+    x = np.asarray(output)
+    if method == "bilinear" and not np.issubdtype(x.dtype, np.floating):
+        x = x.astype("float32")
+    for axis, out_len in zip(axes, size):
+        x = _resize_axis(x, axis % x.ndim, int(out_len), method)
+    return x
+
+
+def resize_prediction(prediction, size, task):
+    """One image's prediction of a UViM `task` ("panoptic", "depth",
+    "colorization"; leading sample axes allowed) at `size` = (height,
+    width): nearest for panoptic maps, bilinear for depth and colour."""
+    if task not in OUTPUT_RESIZE:
+        raise ValueError(f"no output resize for task {task!r}; expected one of {sorted(OUTPUT_RESIZE)}.")
+    method, axes = OUTPUT_RESIZE[task]
+    return resize_output(prediction, size, method, axes)
+
+
+def shown_input(image, grey=False):
+    """uint8 RGB (H, W, 3) of what the model saw, at the image's own size
+    (grey replicated to 3 channels for colorization)."""
+    x = np.asarray(image)
+    if grey:
+        x = to_grey(x)
+    return np.asarray(np.clip(np.round(x), 0, 255), "uint8")

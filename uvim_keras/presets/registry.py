@@ -1,4 +1,5 @@
-"""Named UViM presets: the six released big_vision checkpoints.
+"""Named UViM presets: the six released big_vision checkpoints (and, in
+`named_presets`, the bundled presets of `uvim_keras.presets.bundled`).
 
 Each entry records the checkpoint URLs, the exact big_vision model configs
 of the release (`configs/proj/uvim/vqvae_*.py` for stage I,
@@ -131,6 +132,10 @@ def register_preset(spec, overwrite=False):
         raise TypeError(f"expected a PresetSpec, got {type(spec).__name__}.")
     if spec.name in _BUILTIN or (spec.name in PRESETS and not overwrite):
         raise ValueError(f"a preset named {spec.name!r} is already registered.")
+    from uvim_keras.presets.bundled import BUNDLED_PRESETS
+
+    if spec.name in BUNDLED_PRESETS:
+        raise ValueError(f"{spec.name!r} is the name of a bundled preset.")
     if spec.task not in ("panoptic", "depth", "colorization"):
         raise ValueError(f"task={spec.task!r}; expected panoptic, depth or colorization.")
     if (spec.stage2_url is None) != (spec.lm_config is None):
@@ -151,9 +156,19 @@ def get_preset(name):
     return PRESETS.get(name)
 
 
-def named_presets(kind=None):
-    """{name: description} of the named presets (of one `kind` if given)."""
-    return {n: s.description for n, s in PRESETS.items() if kind is None or s.kind == kind}
+def named_presets(kind=None, bundled=True):
+    """{name: description} of the named presets (of one `kind` if given):
+    the registered ones, then the bundled ones (`uvim_keras.presets.bundled`,
+    complete UViMs that load offline) unless `bundled=False`. A complete
+    preset also loads as a stage-I model, so kind=None suits UViMStage1."""
+    out = {n: s.description for n, s in PRESETS.items() if kind is None or s.kind == kind}
+    if bundled:
+        from uvim_keras.presets.bundled import bundled_presets
+
+        for name, info in bundled_presets().items():
+            if kind is None or info["kind"] == kind:
+                out.setdefault(name, info["description"])
+    return out
 
 
 def stage1_sibling(spec):
