@@ -7,15 +7,15 @@ from keras import ops
 from uvim_keras.backend import compile_stateless
 from uvim_keras.layers import DecoderBlock, PatchEmbedding, PositionEmbedding, TransformerEncoder
 from uvim_keras.layers.transformer import layer_norm
+from uvim_keras.models.adaptable import AdaptableModel
 from uvim_keras.models.checks import check_codes, check_image, check_same_batch, grid_size, pair
-from uvim_keras.models.quantization import QuantizableModel
 from uvim_keras.models.sampling import decoding_noise, select_tokens
 
 BOS = 0
 
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
-class GuidingCodeLM(QuantizableModel):
+class GuidingCodeLM(AdaptableModel):
     """Encoder-decoder transformer that models the guiding code given the image.
 
     A ViT encoder reads the image; an autoregressive decoder (causal

@@ -14,8 +14,8 @@ from uvim_keras.layers import (
     patchify,
     unpatchify,
 )
+from uvim_keras.models.adaptable import AdaptableModel
 from uvim_keras.models.checks import check_image, grid_size, pair
-from uvim_keras.models.quantization import QuantizableModel
 
 
 LAYOUTS = ("image", "patches")
@@ -26,7 +26,7 @@ def _check_layout(layout):
         raise ValueError(f"layout={layout!r}; expected one of {LAYOUTS}.")
 
 
-class _StageIViT(QuantizableModel):
+class _StageIViT(AdaptableModel):
     """What the oracle and the base model share: the ViT geometry, the image
     context stem, the position embedding and the encoder stack."""
 

@@ -4,9 +4,9 @@ import keras
 from keras import ops
 
 from uvim_keras.layers import CodeDropout, VectorQuantizer, patchify
+from uvim_keras.models.adaptable import AdaptableModel
 from uvim_keras.models.checks import check_codes, check_image, check_same_batch, pair
 from uvim_keras.models.oracle import BaseModel, Oracle
-from uvim_keras.models.quantization import QuantizableModel
 from uvim_keras.tasks import UViMTask, get_task
 
 
@@ -44,7 +44,7 @@ def batch_parts(inputs, needs_labels=True):
 
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
-class UViMStage1(QuantizableModel):
+class UViMStage1(AdaptableModel):
     """Stage I of UViM: learns the guiding code with a restricted oracle.
 
     The oracle Ω sees the label (and, with `oracle_image_ctx`, the image) and

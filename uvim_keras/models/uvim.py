@@ -6,10 +6,10 @@ from keras import ops
 
 from uvim_keras.backend import compile_stateless
 from uvim_keras.layers import VectorQuantizer
+from uvim_keras.models.adaptable import AdaptableModel
 from uvim_keras.models.checks import check_image
 from uvim_keras.models.lm import GuidingCodeLM
 from uvim_keras.models.oracle import BaseModel
-from uvim_keras.models.quantization import QuantizableModel
 from uvim_keras.models.sampling import image_seeds
 from uvim_keras.models.stage1 import UViMStage1, classproperty, resolve_task
 
@@ -23,7 +23,7 @@ def _deserialize(obj, cls):
 
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
-class UViM(QuantizableModel):
+class UViM(AdaptableModel):
     """A complete UViM: the stage-II LM samples a guiding code z for the
     image, the stage-I base model turns (image, z) into the task's output.
 

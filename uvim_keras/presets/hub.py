@@ -19,6 +19,7 @@ directly (`UViM.from_preset` / `UViMStage1.from_preset` do it for you).
 import keras
 import keras_hub
 
+from uvim_keras.models.adaptable import LORA_LAYER_NAMES, dtype_config, quantized_layers
 from uvim_keras.models.lm import GuidingCodeLM
 from uvim_keras.models.stage1 import UViMStage1
 from uvim_keras.models.uvim import UViM
@@ -47,11 +48,13 @@ class UViMStage1Backbone(keras_hub.models.Backbone):
     >>> keras_hub.models.Backbone.from_preset("my_preset").stage1
     """
 
-    def __init__(self, task, dtype=None, name=None, trainable=True, **stage1_kwargs):
+    def __init__(self, task, dtype=None, name=None, trainable=True, stage1_dtype=None,
+                 **stage1_kwargs):
         model = stage1_kwargs.pop("_stage1", None)
         super().__init__(dtype=dtype, name=name, trainable=trainable)
         if model is None:
-            model = UViMStage1(task, dtype=self.dtype_policy, name="stage1", **stage1_kwargs)
+            model = UViMStage1(task, dtype=stage1_dtype or self.dtype_policy, name="stage1",
+                               **stage1_kwargs)
         self.stage1 = model
         self.built = True
 
@@ -83,8 +86,25 @@ class UViMStage1Backbone(keras_hub.models.Backbone):
     def call(self, inputs, training=None):
         return self.stage1(inputs, training=training)
 
+    def default_lora_layer_names(self):
+        return list(LORA_LAYER_NAMES)
+
+    def enable_lora(self, rank, target_layer_names=None):
+        """keras-hub's LoRA (so `save_lora_weights` works) on the attention
+        query/value projections; their biases stay frozen as well, so only
+        the LoRA kernels train."""
+        super().enable_lora(rank, target_layer_names)
+        for layer in self._flatten_layers(include_self=False):
+            if getattr(layer, "lora_enabled", False) and layer.bias is not None:
+                layer.bias.trainable = False
+
     def get_config(self):
-        return {**super().get_config(), **stage1_arch_config(self.stage1)}
+        config = {**super().get_config(), **stage1_arch_config(self.stage1)}
+        if quantized_layers(self.stage1):
+            # keras-hub's `Backbone.from_preset` replaces the saved "dtype" by
+            # the caller's (None), which would drop the quantized layers' map.
+            config["stage1_dtype"] = dtype_config(self.stage1)
+        return config
 
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
