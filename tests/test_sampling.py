@@ -253,3 +253,25 @@ def test_select_tokens_directly():
     assert probs[3] < 0.55 < probs[3] + probs[4]
     nucleus = to_numpy(select_tokens(row, noise, 1.0, top_p=0.55, mask_bos=False))
     assert set(np.unique(nucleus)) == {3, 4}
+
+
+def test_per_image_noise_is_keras_noise_of_each_seed_also_when_compiled():
+    """In-graph per-image noise (what `UViM.predict` uses) equals Keras' own
+    draw for each int seed, in eager code and inside a compiled function."""
+    import keras
+
+    from uvim_keras.backend import compile_stateless
+    from uvim_keras.models.sampling import gumbel_noise, per_image_noise
+
+    seeds = np.array([7, 2**31 - 5, 0], "int32")
+    expected = np.concatenate(
+        [to_numpy(gumbel_noise((4, 2, VOCAB), int(s))) for s in seeds], axis=1)
+    np.testing.assert_array_equal(to_numpy(per_image_noise(seeds, 4, 2, VOCAB)), expected)
+    compiled = compile_stateless(keras.layers.Identity(),
+                                 lambda s: per_image_noise(s, 4, 2, VOCAB))
+    got = to_numpy(compiled(seeds)).reshape(4, 3, 2, VOCAB)
+    reversed_seeds = to_numpy(compiled(seeds[::-1])).reshape(4, 3, 2, VOCAB)
+    np.testing.assert_array_equal(reversed_seeds[:, ::-1], got)  # its own seed only
+    assert not np.array_equal(got[:, 0], got[:, 2])
+    if keras.backend.backend() != "tensorflow":  # XLA draws another Philox stream there
+        np.testing.assert_allclose(got.reshape(4, 6, VOCAB), expected, rtol=1e-6)

@@ -1,4 +1,5 @@
-"""The one place with backend-specific code: compiling inference functions.
+"""The one place with backend-specific code: compiling inference functions,
+and per-example random numbers inside a compiled function.
 
 `compile_stateless(layer, fn)` returns a callable equal to `fn(*args)` that is
 compiled on the active backend:
@@ -13,12 +14,35 @@ compiled on the active backend:
   more compile time than a UViM decode takes).
 
 Arguments that change the traced program (e.g. sampling settings) must be
-bound into `fn` by the caller; cache one compiled callable per setting. A
-callable compiles again by itself when the layer's variables change
-(quantization, LoRA).
+bound into `fn` by the caller; cache one compiled callable per setting
+(`CompiledFunctions`). A callable compiles again by itself when the layer's
+variables change (quantization, LoRA).
+
+`uniform_per_seed(seeds, shape)` draws, for each int seed of a tensor, what
+`keras.random.uniform(shape, seed=int(seed))` draws, also where the seeds are
+traced values (Keras' own functions take a Python int seed only).
 """
 
 import keras
+from keras import ops
+
+
+class CompiledFunctions:
+    """A cache of compiled functions by key, kept on a model.
+
+    A plain object, not a dict: a dict attribute with tuple keys makes a
+    model unsaveable as a TF SavedModel (`model.export`), whose object graph
+    tracks dict attributes.
+    """
+
+    def __init__(self):
+        self._functions = {}
+
+    def get(self, key, make):
+        """The function stored under `key`, made by `make()` on first use."""
+        if key not in self._functions:
+            self._functions[key] = make()
+        return self._functions[key]
 
 
 def compile_stateless(layer, fn):
@@ -65,3 +89,42 @@ def _compile(variables, fn):
 
         return no_grad
     return fn
+
+
+def uniform_per_seed(seeds, shape, minval=0.0, maxval=1.0):
+    """(N, *shape) float32 uniform numbers; row i equals
+    `keras.random.uniform(shape, minval, maxval, seed=int(seeds[i]))`.
+
+    `seeds` is an int tensor (N,) of non-negative 31-bit seeds, possibly a
+    traced value inside a compiled function (jax, tensorflow); torch runs
+    eagerly and reads them. One exception: inside an XLA-compiled TensorFlow
+    function, TF's Philox takes a traced seed differently, so the rows are
+    another (still fixed, per-seed) stream than Keras' eager draw.
+    """
+    backend = keras.backend.backend()
+    shape = tuple(shape)
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def draw(seed):  # Keras' int seed s is the raw key [s, 0]
+            key = jnp.stack([seed, jnp.zeros_like(seed)]).astype("uint32")
+            return jax.random.uniform(key, shape, "float32", minval, maxval)
+
+        return jax.vmap(draw)(ops.convert_to_tensor(seeds, "int32"))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        def draw(seed):  # as keras.random on tensorflow: [s, 0] mod (2^31 - 2), int32
+            seed = tf.math.floormod(tf.cast(seed, "int64"), tf.int32.max - 1)
+            pair = tf.cast(tf.stack([seed, tf.zeros_like(seed)]), "int32")
+            # Philox, as Keras' eager draw on CPU: inside XLA "auto_select"
+            # would pick another generator.
+            return tf.random.stateless_uniform(shape, seed=pair, minval=minval, maxval=maxval,
+                                               dtype="float32", alg="philox")
+
+        seeds = tf.convert_to_tensor(seeds, "int32")
+        return tf.map_fn(draw, seeds, fn_output_signature=tf.TensorSpec(shape, "float32"))
+    values = ops.convert_to_numpy(seeds).astype("int64").reshape(-1)
+    return ops.stack([keras.random.uniform(shape, minval, maxval, seed=int(s))
+                      for s in values]) if len(values) else ops.zeros((0, *shape))

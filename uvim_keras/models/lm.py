@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from uvim_keras.backend import compile_stateless
+from uvim_keras.backend import CompiledFunctions, compile_stateless
 from uvim_keras.layers import DecoderBlock, PatchEmbedding, PositionEmbedding, TransformerEncoder
 from uvim_keras.layers.transformer import layer_norm
 from uvim_keras.models.adaptable import AdaptableModel
@@ -97,7 +97,7 @@ class GuidingCodeLM(AdaptableModel):
         self.logits_dense = keras.layers.Dense(
             self.vocab_size, kernel_initializer="zeros", name="logits", dtype=policy,
         )
-        self._generators = {}
+        self._compiled = CompiledFunctions()
         self.build()
 
     def build(self, input_shape=None):
@@ -156,8 +156,20 @@ class GuidingCodeLM(AdaptableModel):
         return loss
 
     # -- decoding -------------------------------------------------------------
-    def _decode_loop(self, image, noise, temperature, top_k, top_p, mask_bos, num_samples=1):
-        encoded = self.encode(image, training=False)
+    def sample_codes(self, images, *, noise=None, temperature=0.0, top_k=0, top_p=0.0,
+                     mask_bos=True, num_samples=1):
+        """Guiding codes (B * num_samples, code_len) int32 for images
+        (B, H, W, 3), decoded token by token inside the computation (it
+        traces and compiles; `generate` is the checked, compiled entry point).
+
+        Args:
+          images: (B, H, W, 3) in [-1, 1].
+          noise: Gumbel noise (code_len, B * num_samples, vocab_size) when
+            `temperature` > 0 (`sampling.decoding_noise`), else None.
+          temperature, top_k, top_p, mask_bos: as in `generate`.
+          num_samples: codes per image; each image is encoded once.
+        """
+        encoded = self.encode(images, training=False)
         if num_samples > 1:  # encode each image once, decode it num_samples times
             encoded = ops.repeat(encoded, num_samples, axis=0)
         n = ops.shape(encoded)[0]
@@ -191,7 +203,10 @@ class GuidingCodeLM(AdaptableModel):
             caches,
         )
         _, tokens, _ = ops.fori_loop(0, self.code_len, step, init)
-        return tokens
+        codes = tokens - 1
+        if not mask_bos:  # big_vision: code -1 indexes the last codeword
+            codes = ops.where(codes < 0, self.dict_size - 1, codes)
+        return codes
 
     def generate(self, images, num_samples=1, temperature=0.0, top_k=0, top_p=0.0,
                  seed=None, mask_bos=True):
@@ -221,18 +236,11 @@ class GuidingCodeLM(AdaptableModel):
         noise = None
         if not greedy:
             noise = decoding_noise(self.code_len, batch, num_samples, self.vocab_size, seed)
-        key = (greedy, float(temperature), int(top_k), float(top_p), bool(mask_bos),
-               int(num_samples))
-        if key not in self._generators:
-            self._generators[key] = compile_stateless(
-                self,
-                lambda img, nz: self._decode_loop(
-                    img, nz, temperature, top_k, top_p, mask_bos, int(num_samples)),
-            )
-        tokens = self._generators[key](images, noise)
-        codes = tokens - 1
-        if not mask_bos:  # big_vision: code -1 indexes the last codeword
-            codes = ops.where(codes < 0, self.dict_size - 1, codes)
+        settings = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                        mask_bos=bool(mask_bos), num_samples=int(num_samples))
+        sample = self._compiled.get(tuple(sorted(settings.items())), lambda: compile_stateless(
+            self, lambda img, nz: self.sample_codes(img, noise=nz, **settings)))
+        codes = sample(images, noise)
         if num_samples > 1:
             codes = ops.reshape(codes, (batch, num_samples, self.code_len))
         return codes

@@ -9,6 +9,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from uvim_keras.backend import uniform_per_seed
+
 NEG_INF = -1e30
 
 
@@ -41,8 +43,16 @@ def decoding_noise(code_len, batch, num_samples, vocab_size, seed):
             f"seed={seed!r}: expected None, an int or a sequence of {batch} ints "
             "(one per image)."
         )
-    return ops.concatenate(
-        [gumbel_noise((code_len, num_samples, vocab_size), int(s)) for s in seeds], axis=1)
+    return per_image_noise(np.asarray(seeds, "int32"), code_len, num_samples, vocab_size)
+
+
+def per_image_noise(seeds, code_len, num_samples, vocab_size):
+    """`decoding_noise` for per-image seeds given as an int tensor (B,),
+    also inside a compiled function: image b's rows are what
+    `gumbel_noise((code_len, num_samples, vocab_size), seed=seeds[b])` draws."""
+    u = uniform_per_seed(seeds, (code_len, num_samples, vocab_size), 1e-20, 1.0)
+    noise = ops.transpose(-ops.log(-ops.log(u)), (1, 0, 2, 3))  # (L, B, S, V)
+    return ops.reshape(noise, (code_len, -1, vocab_size))
 
 
 def select_tokens(logits, noise, temperature, top_k=0, top_p=0.0, mask_bos=True):

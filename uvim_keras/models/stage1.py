@@ -55,7 +55,10 @@ class UViMStage1(AdaptableModel):
     `{"image": (B, H, W, 3) in [-1, 1], "labels": (B, H, W, ...)}`; the loss
     is the task's reconstruction loss (+ commitment loss when
     `commitment_weight` > 0). Logged metrics: `reconstruction_loss`,
-    `codebook_max_ratio`, `codebook_zeros_ratio`.
+    `codebook_max_ratio`, `codebook_zeros_ratio`. `predict` returns the
+    call's outputs: per example `logits` ({key: (B, H, W, c)}),
+    `patch_logits`, `codes` and `quantized`, and the codebook statistics
+    once per batch.
 
     `zero_code=True` is the paper's "no oracle" ablation: the base model only
     ever sees an all-zero code, i.e. it is a plain image-to-label ViT.
@@ -192,7 +195,10 @@ class UViMStage1(AdaptableModel):
             code = self.code_dropout(out["quantized"], training=training)
         patch_logits = self.base_model(code, image=image, training=training, layout="patches")
         logits = self.base_model.image_layout(patch_logits)
-        return {"logits": logits, "patch_logits": patch_logits, **out}
+        # The codebook statistics describe the batch: shape (1,), so that
+        # `predict` can concatenate them (one value per batch).
+        stats = {key: ops.reshape(out.pop(key), (1,)) for key in self.codebook_trackers}
+        return {"logits": logits, "patch_logits": patch_logits, **out, **stats}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         reconstruction = self.task.loss(

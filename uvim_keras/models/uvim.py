@@ -4,13 +4,13 @@ import keras
 import numpy as np
 from keras import ops
 
-from uvim_keras.backend import compile_stateless
+from uvim_keras.backend import CompiledFunctions, compile_stateless
 from uvim_keras.layers import VectorQuantizer
 from uvim_keras.models.adaptable import AdaptableModel
 from uvim_keras.models.checks import check_image
 from uvim_keras.models.lm import GuidingCodeLM
 from uvim_keras.models.oracle import BaseModel
-from uvim_keras.models.sampling import image_seeds
+from uvim_keras.models.sampling import image_seeds, per_image_noise
 from uvim_keras.models.stage1 import UViMStage1, classproperty, resolve_task
 
 
@@ -95,7 +95,9 @@ class UViM(AdaptableModel):
                 f"base model outputs {self.base_model.label_channels}."
             )
         self.input_size = self.lm.input_size
-        self._decoders = {}
+        self._compiled = CompiledFunctions()
+        self.seed_generator = keras.random.SeedGenerator(seed=None, name="sampling")
+        self._predict_temperature = self._traced_temperature = None  # set by `predict`
         self.built = True
 
     @classmethod
@@ -162,15 +164,37 @@ class UViM(AdaptableModel):
         )
         return self.task.predict_outputs(logits)
 
-    def call(self, images, training=None):
-        check_image(images, self.input_size)
-        tokens = self.lm._decode_loop(images, None, 0.0, 0, 0.0, True)
-        return self.decode_codes(tokens - 1, images)
+    def call(self, inputs, training=None):
+        """Task outputs for images (B, H, W, 3) in [-1, 1]: codes decoded at
+        the default temperature (greedy for panoptic and depth; sampled with
+        seeds from the model's seed generator otherwise). `inputs` may also be
+        {"image": images, "seed": (B,) int seeds}, one sampling seed per image."""
+        images, seeds = (inputs["image"], inputs.get("seed")) if isinstance(inputs, dict) \
+            else (inputs, None)
+        temperature = self._predict_temperature
+        temperature = self.default_temperature if temperature is None else temperature
+        return self.run_pipeline(images, temperature=temperature, seeds=seeds)
 
-    def _compiled_decode(self):
-        if "decode" not in self._decoders:
-            self._decoders["decode"] = compile_stateless(self, self.decode_codes)
-        return self._decoders["decode"]
+    def run_pipeline(self, images, *, temperature=0.0, seeds=None):
+        """LM code -> base model -> task outputs, inside the computation (it
+        traces and compiles; `predict` and `sample` are the entry points).
+
+        Args:
+          images: (B, H, W, 3) in [-1, 1].
+          temperature: 0 decodes greedily; > 0 samples each code token.
+          seeds: when sampling, one int seed per image (B,), so an image's
+            code depends on its seed only; None draws them from the model's
+            seed generator.
+        """
+        check_image(images, self.input_size)
+        noise = None
+        if temperature > 0:
+            if seeds is None:
+                seeds = keras.random.randint(ops.shape(images)[:1], 0, 2**31 - 1,
+                                             seed=self.seed_generator)
+            noise = per_image_noise(seeds, self.lm.code_len, 1, self.lm.vocab_size)
+        codes = self.lm.sample_codes(images, noise=noise, temperature=temperature)
+        return self.decode_codes(codes, images)
 
     def sample(self, images, num_samples=1, temperature=None, seed=None, top_k=0, top_p=0.0):
         """`num_samples` outputs per image: (B, num_samples, ...) numpy.
@@ -178,45 +202,57 @@ class UViM(AdaptableModel):
         With an int `seed`, image i's samples are drawn with a seed made from
         (seed, i): the same image at the same position gives the same
         samples whatever else is in the batch."""
-        return self._sample(images, num_samples, temperature, seed, 0, top_k, top_p)
-
-    def _sample(self, images, num_samples, temperature, seed, start, top_k=0, top_p=0.0):
         images = np.asarray(keras.ops.convert_to_numpy(images), "float32")
         check_image(images, self.input_size)
         temperature = self.default_temperature if temperature is None else temperature
-        if seed is not None:
-            if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-                raise ValueError(f"seed={seed!r}: expected None or an int.")
-            seed = image_seeds(seed, start, len(images))
+        seeds = None if seed is None else image_seeds(_checked_seed(seed), 0, len(images))
         codes = self.lm.generate(
             images, num_samples=num_samples, temperature=temperature, top_k=top_k,
-            top_p=top_p, seed=seed,
+            top_p=top_p, seed=seeds,
         )
         codes = ops.reshape(codes, (-1, self.lm.code_len))
         repeated = np.repeat(images, num_samples, axis=0)
-        out = keras.ops.convert_to_numpy(self._compiled_decode()(codes, repeated))
+        decode = self._compiled.get("decode", lambda: compile_stateless(self, self.decode_codes))
+        out = keras.ops.convert_to_numpy(decode(codes, repeated))
         return out.reshape((images.shape[0], num_samples) + out.shape[1:])
 
-    def predict(self, x, batch_size=8, verbose="auto", temperature=None, seed=None, **kwargs):
-        """Task outputs for images (N, H, W, 3) in [-1, 1], batch by batch.
+    # -- Keras' predict ---------------------------------------------------------
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None,
+                temperature=None, seed=None):
+        """Task outputs for images in [-1, 1] at the model's size: what
+        `keras.Model.predict` takes (an array (N, H, W, 3), a `tf.data`
+        dataset, a `keras.utils.PyDataset`, ...), with its progress bar.
 
         Greedy codes unless the task's default (or the given) temperature is
-        > 0; sampled codes use per-image seeds made from (seed, image index),
-        so `batch_size` does not change the outputs. Returns numpy: panoptic
+        > 0. Sampled codes of an array use per-image seeds made from (seed,
+        image index), so `batch_size` does not change them; for a dataset,
+        `seed` seeds the model's generator (the same dataset, batched the
+        same way, gives the same samples). Returns numpy: panoptic
         (N, H, W, 2) int32, depth (N, H, W), colorization (N, H, W, 3).
         """
-        if kwargs:
-            raise ValueError(f"unsupported predict arguments: {sorted(kwargs)}.")
-        images = np.asarray(keras.ops.convert_to_numpy(x), "float32")
-        check_image(images, self.input_size)
-        outputs = []
-        progress = keras.utils.Progbar(len(images)) if verbose not in (0, False) else None
-        for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
-            outputs.append(self._sample(chunk, 1, temperature, seed, start)[:, 0])
-            if progress is not None:
-                progress.add(len(chunk))
-        return np.concatenate(outputs, axis=0)
+        temperature = self.default_temperature if temperature is None else float(temperature)
+        if not np.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature={temperature!r}; expected a finite value >= 0.")
+        if seed is not None:
+            seed = _checked_seed(seed)
+        if temperature != self._traced_temperature:
+            self._traced_temperature = temperature
+            self.predict_function = None  # traced with the temperature
+        if _is_array(x):
+            images = keras.ops.convert_to_numpy(x)
+            check_image(images, self.input_size, name="x")
+            if temperature > 0 and seed is not None:
+                x = {"image": images, "seed": np.asarray(image_seeds(seed, 0, len(images)),
+                                                         "int32")}
+        elif temperature > 0 and seed is not None:
+            self.seed_generator.state.assign(
+                ops.cast(ops.convert_to_tensor([seed, 0]), self.seed_generator.state.dtype))
+        self._predict_temperature = temperature
+        try:
+            return super().predict(x, batch_size=batch_size, verbose=verbose, steps=steps,
+                                   callbacks=callbacks)
+        finally:
+            self._predict_temperature = None
 
     def get_config(self):
         if self.stage1 is not None:
@@ -235,3 +271,15 @@ class UViM(AdaptableModel):
             "task": keras.saving.serialize_keras_object(self.task),
             "temperature": self.temperature,
         }
+
+
+def _checked_seed(seed):
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise ValueError(f"seed={seed!r}: expected None or an int.")
+    return int(seed)
+
+
+def _is_array(x):
+    """An array of images (numpy or a backend tensor), as opposed to a
+    dataset, a generator or a `PyDataset`."""
+    return isinstance(x, np.ndarray) or keras.ops.is_tensor(x)
