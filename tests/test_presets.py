@@ -328,11 +328,12 @@ def test_uvim_preset_round_trip_and_layout(tmp_path, tiny_uvim):
     tiny_uvim.save_to_preset(str(path), metrics={"PQ": 1.5}, description="a tiny test model")
     files = set(os.listdir(path))
     assert {"config.json", "model.weights.h5", "task.json", "task.weights.h5", "metadata.json",
-            "README.md", "uvim_preset.json"} <= files
+            "preprocessor.json", "README.md", "uvim_preset.json"} <= files
     config = json.loads((path / "config.json").read_text())
     task = json.loads((path / "task.json").read_text())
     assert config["registered_name"] == "uvim_keras>UViMStage1Backbone"
-    assert task["registered_name"] == "uvim_keras>UViMStage2Task"
+    assert task["registered_name"] == "uvim_keras>UViMImageSegmenter"  # a panoptic UViM
+    assert json.loads((path / "metadata.json").read_text())["tasks"] == ["ImageSegmenter"]
     assert task["config"]["lm"]["registered_name"] == "uvim_keras>GuidingCodeLM"
 
     loaded = UViM.from_preset(str(path))

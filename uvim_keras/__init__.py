@@ -7,7 +7,9 @@ use another backend.
 
 `import uvim_keras` imports the models, layers and tasks, which registers
 every uvim_keras class with Keras (`.keras` files and keras-hub presets then
-load). The one exception is the `uvim-keras` command: it parses its
+load); the keras-hub classes are registered as soon as keras-hub is imported
+(`uvim_keras.presets.hub_registration`), so TensorFlow is not imported
+with uvim_keras. The one exception is the `uvim-keras` command: it parses its
 arguments (and answers `--help` and `--version`) without importing Keras,
 and its commands import what they use; there the names below are imported on
 first use.
@@ -59,3 +61,6 @@ if _running_the_command_line():
 
 else:
     globals().update({name: _public(name) for name in _PUBLIC})
+    from uvim_keras.presets.hub_registration import register_with_keras_hub as _register
+
+    _register()  # keras-hub's classes: now, or when keras-hub is imported

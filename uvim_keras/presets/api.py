@@ -234,7 +234,8 @@ def _card_info(model, kind, info, card):
 
     info = dict(info or {})
     info.update({k: v for k, v in card.items() if v is not None})
-    unknown = set(card) - {"description", "metrics", "dataset", "name", "metrics_note", "license"}
+    unknown = set(card) - {"description", "metrics", "dataset", "name", "metrics_note", "license",
+                           "dataset_ids", "base_model"}
     if unknown:
         raise TypeError(f"unexpected model card fields: {sorted(unknown)}.")
     info.setdefault("task", task_name(model.task))
@@ -249,6 +250,7 @@ def _card_info(model, kind, info, card):
 def _finish(preset_dir, info, model_config):
     from uvim_keras.presets.model_card import write_model_card
 
+    info.setdefault("name", os.path.basename(os.path.normpath(os.fspath(preset_dir))))
     with open(os.path.join(preset_dir, cache.PRESET_MARKER), "w", encoding="utf-8") as f:
         json.dump(info, f, indent=2, sort_keys=True)
     write_model_card(preset_dir, info, model_config)
@@ -272,6 +274,7 @@ def save_stage1(stage1, preset_dir, max_shard_size=10, info=None, **card):
     hub.UViMStage1Backbone.from_stage1(_without_optimizer(stage1)).save_to_preset(
         os.fspath(preset_dir), max_shard_size=max_shard_size
     )
+    _name_tasks(preset_dir, [])  # a stage-I preset loads as no keras-hub task
     return _finish(preset_dir, info, {"stage1": hub.stage1_arch_config(stage1)})
 
 
@@ -284,11 +287,26 @@ def save_uvim(uvim, preset_dir, max_shard_size=10, info=None, **card):
         )
     hub = _import_hub()
     info = _card_info(uvim, "uvim", info, card)
-    backbone = hub.UViMStage1Backbone.from_stage1(_without_optimizer(uvim.stage1))
-    task = hub.UViMStage2Task(backbone, _without_optimizer(uvim.lm), temperature=uvim.temperature)
+    plain = type(uvim).from_stage1(_without_optimizer(uvim.lm), _without_optimizer(uvim.stage1),
+                                   temperature=uvim.temperature)
+    task = hub.task_class(info["task"]).from_uvim(plain)
     task.save_to_preset(os.fspath(preset_dir), max_shard_size=max_shard_size)
+    _name_tasks(preset_dir, [] if type(task) is hub.UViMStage2Task
+                else [type(task).__base__.__name__])
     config = {"stage1": hub.stage1_arch_config(uvim.stage1), "lm": _lm_config(uvim.lm)}
     return _finish(preset_dir, info, config)
+
+
+def _name_tasks(preset_dir, tasks):
+    """keras-hub's `metadata.json` lists every task class whose backbone is
+    the preset's; a UViM preset is one of them (e.g. ["ImageSegmenter"]: the
+    Hugging Face snippet `keras_hub.models.ImageSegmenter.from_preset`)."""
+    path = os.path.join(os.fspath(preset_dir), "metadata.json")
+    with open(path, encoding="utf-8") as f:
+        metadata = json.load(f)
+    metadata["tasks"] = list(tasks)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(metadata, f, indent=4)
 
 
 def _lm_config(lm):

@@ -32,6 +32,10 @@ def model_card(info, model_config, handle="hf://<user>/<name>"):
     lines = ["---", "library_name: keras-hub", f"license: {info.get('license', 'apache-2.0')}"]
     if task in PIPELINE_TAGS:
         lines.append(f"pipeline_tag: {PIPELINE_TAGS[task]}")
+    if info.get("dataset_ids"):
+        lines += ["datasets:"] + [f"- {_yaml_str(d)}" for d in info["dataset_ids"]]
+    if info.get("base_model"):
+        lines.append(f"base_model: {_yaml_str(info['base_model'])}")
     lines += ["tags:", "- uvim", "- uvim-keras", "- keras", f"- {task}"]
     if metrics:
         lines += [
@@ -77,7 +81,20 @@ def model_card(info, model_config, handle="hf://<user>/<name>"):
             "outputs = model.predict(images)"
             + (f"  # default sampling temperature {temperature}" if temperature else "  # greedy guiding code"),
             "samples = model.sample(images, num_samples=4, temperature=1.0, seed=0)",
-            "```", "", "Command line:", "", "```bash",
+            "```", "",
+        ]
+        if task in KERAS_HUB_TASKS:
+            keras_hub_handle = handle if _is_keras_hub_handle(handle) else "path/to/preset"
+            lines += [
+                "With keras-hub's own task class (raw images of any size, uint8 or [0, 255];",
+                "outputs at each image's size):", "", "```python",
+                "import uvim_keras  # registers UViM's classes with Keras and keras-hub",
+                "import keras_hub", "",
+                f'model = keras_hub.models.{KERAS_HUB_TASKS[task]}.from_preset("{keras_hub_handle}")',
+                "outputs = model.predict(photos)", "```", "",
+            ]
+        lines += [
+            "Command line:", "", "```bash",
             f"uvim-keras predict --preset {handle} photo.jpg -o predictions/", "```",
         ]
     else:
@@ -100,6 +117,21 @@ def model_card(info, model_config, handle="hf://<user>/<name>"):
             lines.append(f"- {ref}")
     lines += ["", GENERATED]
     return "\n".join(lines) + "\n"
+
+
+#: the keras-hub task class a complete preset of each task loads as
+KERAS_HUB_TASKS = {
+    "panoptic": "ImageSegmenter",
+    "depth": "DepthEstimator",
+    "colorization": "ImageToImage",
+}
+
+
+def _is_keras_hub_handle(handle):
+    """A handle keras-hub's `from_preset` takes itself (a URL scheme or a
+    path), not a uvim-keras preset name."""
+    handle = str(handle)
+    return "://" in handle or "/" in handle or handle.startswith(".")
 
 
 def _task_text(task, model_config):

@@ -79,6 +79,8 @@ class PresetSpec:
         (big_vision's colabs: 1e-7, i.e. greedy, for panoptic and depth; 1.0
         for colorization).
       dataset: training data.
+      dataset_ids: the training data's Hugging Face dataset ids (the model
+        card's `datasets:`).
     """
 
     name: str
@@ -93,6 +95,7 @@ class PresetSpec:
     metrics_note: str = ""
     temperature: float = 0.0
     dataset: str = ""
+    dataset_ids: tuple = ()
     license: str = "apache-2.0"
     references: tuple = (_PAPER, _SOURCE)
 
@@ -113,6 +116,7 @@ class PresetSpec:
             "kind": self.kind,
             "description": self.description,
             "dataset": self.dataset,
+            "dataset_ids": list(self.dataset_ids),
             "metrics": dict(self.metrics),
             "metrics_note": self.metrics_note,
             "temperature": self.temperature,
@@ -195,6 +199,7 @@ def _builtin(**kwargs):
 _RELEASES = {
     "panoptic": dict(
         prefix="panoptic", name="panoptic_coco", dataset="COCO 2017 panoptic",
+        dataset_ids=("detection-datasets/coco",),
         inputs={"semantics": [133 + 1, 256], "instances": [100, 256]}, task_config={},
         metrics={"PQ": 43.1}, stage1_metrics={"PQ": 75.8}, temperature=0.0,
         what="panoptic segmentation (133 COCO classes + void, up to 100 instances)",
@@ -202,6 +207,7 @@ _RELEASES = {
     ),
     "depth": dict(
         prefix="depth", name="depth_nyu", dataset="NYU Depth V2",
+        dataset_ids=("sayakpaul/nyu_depth_v2",),
         inputs={"depth": [256, 256]}, task_config={"min_depth": 1e-3, "max_depth": 10.0},
         metrics={"RMSE": 0.463}, stage1_metrics={"RMSE": 0.155}, temperature=0.0,
         what="monocular depth (256 bins over [0.001, 10] m)",
@@ -209,6 +215,7 @@ _RELEASES = {
     ),
     "colorization": dict(
         prefix="color", name="colorization_imagenet", dataset="ImageNet (ILSVRC-2012)",
+        dataset_ids=("ILSVRC/imagenet-1k",),
         inputs={"color": [3, 256]}, task_config={},
         metrics={"FID": 16.99}, stage1_metrics={"FID": 15.59}, temperature=1.0,
         what="colorization (RGB from a grey image)",
@@ -223,6 +230,7 @@ for _task, _r in _RELEASES.items():
         stage1_config=_stage1(_r["inputs"]),
         task_config=_r["task_config"],
         dataset=_r["dataset"],
+        dataset_ids=_r["dataset_ids"],
         temperature=_r["temperature"],
     )
     _builtin(

@@ -1,28 +1,18 @@
-"""keras-hub classes behind UViM presets (this module imports keras-hub).
+"""keras-hub's backbone of UViM presets: the stage-I model.
 
-* `UViMStage1Backbone` (`keras_hub.models.Backbone`): the stage-I network:
-  restricted oracle + vector quantizer (EMA dictionary and counts, saved as
-  weights) + base model, i.e. a whole `UViMStage1`. Its config is the
-  `UViMStage1` config (`config.json`), its weights `model.weights.h5`.
-* `UViMStage2Task` (`keras_hub.models.Task`): the guiding-code LM on top of
-  that backbone, i.e. a complete UViM. The LM's config is in `task.json`,
-  its weights in `task.weights.h5`.
-
-So a complete preset also is a stage-I preset (keras-hub loads the backbone
-alone from it), and both load through keras-hub's own preset machinery:
-local folders, `hf://`, `kaggle://`, `gs://` ... The classes are registered
-with Keras under the package "uvim_keras"; import `uvim_keras.presets.hub`
-before calling `keras_hub.models.Backbone.from_preset` on a UViM preset
-directly (`UViM.from_preset` / `UViMStage1.from_preset` do it for you).
+`UViMStage1Backbone` (`keras_hub.models.Backbone`) holds a whole
+`UViMStage1`: restricted oracle + vector quantizer (EMA dictionary and counts,
+saved as weights) + base model. Its config is the `UViMStage1` config
+(`config.json`), its weights `model.weights.h5`. A complete UViM preset adds
+the stage-II LM as a keras-hub task on this backbone (`tasks.py`), so it also
+is a stage-I preset.
 """
 
 import keras
 import keras_hub
 
 from uvim_keras.models.adaptable import LORA_LAYER_NAMES, dtype_config, quantized_layers
-from uvim_keras.models.lm import GuidingCodeLM
 from uvim_keras.models.stage1 import UViMStage1
-from uvim_keras.models.uvim import UViM
 
 _KERAS_MODEL_KEYS = ("name", "trainable", "dtype")
 
@@ -105,52 +95,3 @@ class UViMStage1Backbone(keras_hub.models.Backbone):
             # the caller's (None), which would drop the quantized layers' map.
             config["stage1_dtype"] = dtype_config(self.stage1)
         return config
-
-
-@keras.saving.register_keras_serializable(package="uvim_keras")
-class UViMStage2Task(keras_hub.models.Task):
-    """keras-hub task: the stage-II guiding-code LM on a stage-I backbone.
-
-    `lm` is a `GuidingCodeLM` (or its config); `temperature` the default
-    sampling temperature (None: the task's). `to_uvim()` gives the
-    `UViM` (sharing all weights); calling the task runs its greedy pipeline.
-    """
-
-    backbone_cls = UViMStage1Backbone
-    preprocessor_cls = None
-
-    def __init__(self, backbone, lm, temperature=None, preprocessor=None, name=None, **kwargs):
-        kwargs.pop("compile", None)
-        super().__init__(name=name, compile=False, **kwargs)
-        if isinstance(backbone, dict):
-            backbone = keras.saving.deserialize_keras_object(backbone)
-        if isinstance(lm, dict):
-            lm = keras.saving.deserialize_keras_object(lm)
-        if not isinstance(lm, GuidingCodeLM):
-            raise TypeError(f"lm must be a GuidingCodeLM, got {type(lm).__name__}.")
-        self.backbone = backbone
-        self.preprocessor = None
-        self.lm = lm
-        self.temperature = temperature
-        self.dtype_policy = backbone.dtype_policy
-        UViM.from_stage1(lm, backbone.stage1, temperature)  # checks that the parts fit
-        self.built = True
-
-    def to_uvim(self):
-        """The complete `UViM` (shares the LM and stage-I weights)."""
-        return UViM.from_stage1(self.lm, self.backbone.stage1, self.temperature)
-
-    def call(self, images, training=None):
-        return self.to_uvim()(images)
-
-    def get_config(self):
-        return {
-            "backbone": keras.layers.serialize(self.backbone),
-            "lm": keras.layers.serialize(self.lm),
-            "temperature": self.temperature,
-            "name": self.name,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)

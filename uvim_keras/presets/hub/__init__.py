@@ -1,0 +1,39 @@
+"""keras-hub classes behind UViM presets (this package imports keras-hub).
+
+* `UViMStage1Backbone` (`backbone.py`): the stage-I model, keras-hub's
+  backbone of every UViM preset (`config.json`, `model.weights.h5`).
+* `UViMImageSegmenter`, `UViMDepthEstimator`, `UViMColorizer` and their base
+  `UViMStage2Task` (`tasks.py`): a complete UViM as keras-hub's task of its
+  kind, the stage-II LM in `task.json` / `task.weights.h5`.
+* Their preprocessors and image converter (`preprocessing.py`,
+  `preprocessor.json`): raw images of any size -> the model's input.
+
+`import uvim_keras` registers these classes with Keras as soon as keras-hub
+is imported (`uvim_keras.presets.hub_registration`), so keras-hub's own
+`Backbone.from_preset`, `ImageSegmenter.from_preset`,
+`DepthEstimator.from_preset` and `ImageToImage.from_preset` load UViM presets.
+"""
+
+from uvim_keras.presets.hub.backbone import UViMStage1Backbone, stage1_arch_config
+from uvim_keras.presets.hub.preprocessing import (
+    UViMDepthEstimatorPreprocessor,
+    UViMImageConverter,
+    UViMImageSegmenterPreprocessor,
+    UViMPreprocessor,
+    image_converter,
+)
+from uvim_keras.presets.hub.tasks import (
+    TASK_CLASSES,
+    UViMColorizer,
+    UViMDepthEstimator,
+    UViMImageSegmenter,
+    UViMStage2Task,
+    task_class,
+)
+
+__all__ = [
+    "TASK_CLASSES", "UViMColorizer", "UViMDepthEstimator", "UViMImageConverter",
+    "UViMImageSegmenter", "UViMDepthEstimatorPreprocessor", "UViMImageSegmenterPreprocessor",
+    "UViMPreprocessor", "UViMStage1Backbone", "UViMStage2Task", "image_converter",
+    "stage1_arch_config", "task_class",
+]

@@ -1,0 +1,254 @@
+"""keras-hub tasks of complete UViM presets: the stage-II guiding-code LM on
+the stage-I backbone (this module imports keras-hub).
+
+One class per kind of task, each a subclass of the keras-hub task base that
+fits, so keras-hub's own entry points find them (after `import uvim_keras`):
+
+* `UViMImageSegmenter` (`keras_hub.models.ImageSegmenter`): panoptic;
+* `UViMDepthEstimator` (`keras_hub.models.DepthEstimator`): depth;
+* `UViMColorizer` (`keras_hub.models.ImageToImage`): colorization;
+* `UViMStage2Task` (`keras_hub.models.Task`): their common base, and the
+  class of any other task (e.g. one added by a user).
+
+Their `predict` takes raw images (uint8 or floats in [0, 255], any size) and
+returns the outputs at each input's size: the saved preprocessor resizes to
+the model's size and maps to [-1, 1], UViM runs, and each output is resized
+back (nearest for label maps, bilinear otherwise). Calling the task, like
+calling `UViM`, takes model inputs in [-1, 1] at the model's size.
+
+>>> import uvim_keras, keras_hub
+>>> segmenter = keras_hub.models.ImageSegmenter.from_preset("panoptic_folder")
+>>> panoptic = segmenter.predict(photos_uint8)  # (N, H, W, 2) at the photos' size
+"""
+
+import keras
+import keras_hub
+import numpy as np
+
+from uvim_keras.models.lm import GuidingCodeLM
+from uvim_keras.models.uvim import UViM
+from uvim_keras.presets.hub.backbone import UViMStage1Backbone
+from uvim_keras.presets.hub.preprocessing import (
+    UViMDepthEstimatorPreprocessor,
+    UViMImageSegmenterPreprocessor,
+    UViMPreprocessor,
+)
+from uvim_keras.presets.images import OUTPUT_RESIZE, resize_output
+
+
+class _Parts:
+    """Holds the task's `UViM` view out of Keras' tracking (its LM and
+    stage-I model are the task's own `lm` and `backbone`)."""
+
+    def __init__(self, uvim):
+        self.uvim = uvim
+
+
+@keras.saving.register_keras_serializable(package="uvim_keras")
+class UViMStage2Task(keras_hub.models.Task):
+    """keras-hub task: the stage-II guiding-code LM on a stage-I backbone,
+    i.e. a complete UViM.
+
+    Args:
+      backbone: a `UViMStage1Backbone` (or its config).
+      lm: the `GuidingCodeLM` (or its config).
+      temperature: default sampling temperature (None: the task's).
+      preprocessor: raw images -> model inputs (`UViMPreprocessor` or the
+        task-specific subclass); None leaves `predict` on model inputs.
+
+    `to_uvim()` gives the `UViM` (sharing all weights). When its temperature
+    is > 0 (colorization), the task samples each image's code with a seed
+    derived from the image's pixels: the same image gives the same output;
+    for several samples use `task.to_uvim().sample(...)`.
+
+    Example:
+    >>> task = UViMStage2Task(UViMStage1Backbone.from_stage1(stage1), lm,
+    ...                       preprocessor=UViMPreprocessor.for_input_size((64, 64)))
+    >>> outputs = task.predict(photos_uint8)  # at each photo's size
+    """
+
+    backbone_cls = UViMStage1Backbone
+    preprocessor_cls = UViMPreprocessor
+    #: how `predict` resizes outputs back (see presets.images.OUTPUT_RESIZE)
+    output_resize = None
+
+    def __init__(self, backbone, lm=None, temperature=None, preprocessor=None, name=None,
+                 **kwargs):
+        kwargs.pop("compile", None)
+        # Task's constructor, not the task bases' own (DepthEstimator builds a
+        # functional model of its backbone).
+        keras_hub.models.Task.__init__(self, name=name, compile=False, **kwargs)
+        if isinstance(backbone, dict):
+            backbone = keras.saving.deserialize_keras_object(backbone)
+        if isinstance(lm, dict):
+            lm = keras.saving.deserialize_keras_object(lm)
+        if lm is None:
+            raise ValueError(
+                f"{type(self).__name__} needs the stage-II LM (lm=...); a preset whose "
+                "task.json was written by an older uvim-keras loads with "
+                "uvim_keras.UViM.from_preset(folder) (re-save it with save_to_preset)."
+            )
+        if not isinstance(lm, GuidingCodeLM):
+            raise TypeError(f"lm must be a GuidingCodeLM, got {type(lm).__name__}.")
+        if isinstance(preprocessor, dict):
+            preprocessor = keras.saving.deserialize_keras_object(preprocessor)
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+        self.lm = lm
+        self.temperature = temperature
+        self.dtype_policy = backbone.dtype_policy
+        self._parts = _Parts(UViM.from_stage1(lm, backbone.stage1, temperature))  # checks fit
+        self.built = True
+
+    @classmethod
+    def from_uvim(cls, uvim, with_preprocessor=True):
+        """The task of a `UViM` built with `UViM.from_stage1` (weights shared)."""
+        backbone = UViMStage1Backbone.from_stage1(uvim.stage1)
+        preprocessor = None
+        if with_preprocessor and cls.preprocessor_cls is not None:
+            preprocessor = cls.preprocessor_cls.for_input_size(
+                uvim.input_size, **cls._preprocessor_kwargs())
+        return cls(backbone, uvim.lm, temperature=uvim.temperature, preprocessor=preprocessor)
+
+    @classmethod
+    def _preprocessor_kwargs(cls):
+        return {}
+
+    def to_uvim(self):
+        """The complete `UViM` (shares the LM and stage-I weights)."""
+        return UViM.from_stage1(self.lm, self.backbone.stage1, self.temperature)
+
+    def call(self, images, training=None):
+        uvim = self._parts.uvim
+        temperature = uvim.default_temperature
+        seeds = _pixel_seeds(images) if temperature > 0 else None
+        return uvim.run_pipeline(images, temperature=temperature, seeds=seeds)
+
+    def predict(self, x=None, batch_size=None, **kwargs):
+        """Outputs for raw images (uint8 or [0, 255] floats; an array
+        (N, H, W, 3), one image (H, W, 3) or a list of images of any sizes),
+        each at its input's size. Other inputs (`tf.data`, generators) give
+        outputs at the model's size."""
+        if isinstance(x, (list, tuple)) and len(x) and all(_is_image(i) for i in x):
+            return [self.predict(np.asarray(i)[None], batch_size, **kwargs)[0] for i in x]
+        size = tuple(np.shape(x)[-3:-1]) if _is_image(x) or _is_images(x) else None
+        single = _is_image(x)
+        out = super().predict(np.asarray(x)[None] if single else x, batch_size=batch_size,
+                              **kwargs)
+        if self.preprocessor is not None and size is not None and self.output_resize:
+            method, axes = self.output_resize
+            out = resize_output(out, size, method, axes)
+        return out[0] if single else out
+
+    def get_config(self):
+        return {
+            "backbone": keras.layers.serialize(self.backbone),
+            "lm": keras.layers.serialize(self.lm),
+            "temperature": self.temperature,
+            "preprocessor": None if self.preprocessor is None
+            else keras.layers.serialize(self.preprocessor),
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def _is_image(x):
+    return isinstance(x, np.ndarray) and x.ndim == 3 and x.shape[-1] == 3
+
+
+def _is_images(x):
+    return (isinstance(x, np.ndarray) or keras.ops.is_tensor(x)) and len(np.shape(x)) == 4
+
+
+def _pixel_seeds(images):
+    """(B,) int32 sampling seeds from each image's pixels: the image in 256
+    levels, dotted with fixed random integers in wrapping int32 arithmetic
+    (exact, so independent of the batch and the summation order) and cut
+    to 31 bits."""
+    from keras import ops
+
+    size = int(np.prod(images.shape[1:]))
+    levels = ops.cast(ops.round((ops.cast(images, "float32") + 1.0) * 127.5), "int32")
+    weights = np.random.default_rng(0).integers(1, 2**20, size).astype("int32")
+    value = ops.sum(ops.reshape(levels, (-1, size)) * weights, axis=-1)
+    return ops.bitwise_and(value, 2**31 - 1)
+
+
+def _uvim_task(cls):
+    """Registers a keras-hub task base's UViM subclass and gives it
+    `UViMStage2Task`'s methods. The keras-hub base comes first among the
+    bases, so keras-hub's preset metadata names it (`tasks`), and its own
+    methods (e.g. `DepthEstimator`'s functional `__init__`) would otherwise
+    win over UViMStage2Task's."""
+    for name in ("__init__", "get_config", "call", "predict", "compile"):
+        setattr(cls, name, getattr(UViMStage2Task, name))
+    cls.backbone_cls = UViMStage1Backbone
+    return keras.saving.register_keras_serializable(package="uvim_keras")(cls)
+
+
+@_uvim_task
+class UViMImageSegmenter(keras_hub.models.ImageSegmenter, UViMStage2Task):
+    """keras-hub's `ImageSegmenter` for UViM panoptic presets: raw images in,
+    (N, H, W, 2) int32 (semantic class, instance id) at each image's size out.
+
+    Example:
+    >>> segmenter = keras_hub.models.ImageSegmenter.from_preset("panoptic_folder")
+    >>> panoptic = segmenter.predict(photos_uint8)
+    """
+
+    preprocessor_cls = UViMImageSegmenterPreprocessor
+    output_resize = OUTPUT_RESIZE["panoptic"]
+
+
+@_uvim_task
+class UViMDepthEstimator(keras_hub.models.DepthEstimator, UViMStage2Task):
+    """keras-hub's `DepthEstimator` for UViM depth presets: raw images in,
+    depth in metres (N, H, W) at each image's size out.
+
+    Example:
+    >>> estimator = keras_hub.models.DepthEstimator.from_preset("depth_folder")
+    >>> depth = estimator.predict(photos_uint8)
+    """
+
+    preprocessor_cls = UViMDepthEstimatorPreprocessor
+    output_resize = OUTPUT_RESIZE["depth"]
+
+
+@_uvim_task
+class UViMColorizer(keras_hub.models.ImageToImage, UViMStage2Task):
+    """keras-hub's `ImageToImage` for UViM colorization presets: raw (colour
+    or grey) images in, RGB in [-1, 1] (N, H, W, 3) at each image's size out;
+    `generate(images)` is `predict`.
+
+    Example:
+    >>> colorizer = keras_hub.models.ImageToImage.from_preset("colorization_folder")
+    >>> rgb = colorizer.generate(photos_uint8)
+    """
+
+    preprocessor_cls = UViMPreprocessor
+    output_resize = OUTPUT_RESIZE["colorization"]
+
+    @classmethod
+    def _preprocessor_kwargs(cls):
+        return {"grey": True}
+
+    def generate(self, inputs, **kwargs):
+        """Colours for raw images (see `predict`)."""
+        return self.predict(inputs, **kwargs)
+
+
+#: the keras-hub task class of each of UViM's tasks (by `conversion.task_name`)
+TASK_CLASSES = {
+    "panoptic": UViMImageSegmenter,
+    "depth": UViMDepthEstimator,
+    "colorization": UViMColorizer,
+}
+
+
+def task_class(task_name):
+    """The keras-hub task class for a UViM task name (`UViMStage2Task` for
+    tasks without a keras-hub counterpart)."""
+    return TASK_CLASSES.get(task_name, UViMStage2Task)
