@@ -2,37 +2,60 @@
 and PyTorch, each in its own process (Keras fixes its backend at import).
 
 Usage: python tests/run_all.py [extra pytest args]
-Prints one closing line "N passed, N failed, N skipped" over all runs and
-exits non-zero if any run failed.
+Each run's output streams as it happens; at the end a summary line per
+backend (counts and time) and one closing line "total: N passed, N failed,
+N skipped" over all runs. Exits non-zero if any run failed.
 """
 
 import os
 import re
 import subprocess
 import sys
+import time
 
 RUNS = [
     ("jax", []),
     ("tensorflow", ["-m", "multibackend and not large"]),
     ("torch", ["-m", "multibackend and not large"]),
 ]
+COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?)")
+
+
+def run(backend, args, extra):
+    """Runs pytest for one backend, echoing its output line by line; returns
+    (return code, {passed, failed, skipped, error}, seconds)."""
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, *extra]
+    print(f"\n=== KERAS_BACKEND={backend}: {' '.join(cmd[1:])}", flush=True)
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1)
+    last = ""
+    for line in proc.stdout:
+        print(line, end="", flush=True)
+        if COUNTS.search(line):
+            last = line  # pytest's closing "N passed, N skipped in S s"
+    proc.wait()
+    counts = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
+    for count, word in COUNTS.findall(last):
+        counts["error" if word.startswith("error") else word] += int(count)
+    return proc.returncode, counts, time.monotonic() - start
 
 
 def main(extra):
-    totals = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
-    status = 0
+    results, status = [], 0
     for backend, args in RUNS:
-        env = dict(os.environ, KERAS_BACKEND=backend)
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, *extra]
-        print(f"\n=== KERAS_BACKEND={backend}: {' '.join(cmd[1:])}", flush=True)
-        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        print(proc.stdout, flush=True)
-        lines = [l for l in proc.stdout.strip().splitlines() if l.strip()]
-        last = lines[-1] if lines else ""
-        for count, word in re.findall(r"(\d+) (passed|failed|skipped|errors?)", last):
-            totals["error" if word.startswith("error") else word] += int(count)
-        if proc.returncode not in (0, 5):
+        code, counts, seconds = run(backend, args, extra)
+        results.append((backend, counts, seconds))
+        if code not in (0, 5):  # 5: nothing collected
             status = 1
+    print("\n=== summary")
+    totals = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
+    for backend, counts, seconds in results:
+        print(f"{backend:>10}: {counts['passed']} passed, {counts['failed'] + counts['error']} "
+              f"failed, {counts['skipped']} skipped in {seconds / 60:.1f} min", flush=True)
+        for key in totals:
+            totals[key] += counts[key]
     failed = totals["failed"] + totals["error"]
     print(f"total: {totals['passed']} passed, {failed} failed, {totals['skipped']} skipped")
     return status or (1 if failed else 0)
