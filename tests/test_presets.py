@@ -589,7 +589,23 @@ def test_upload_to_hf_sends_the_preset_and_a_model_card(tmp_path, tiny_uvim, mon
     assert 'uvim_keras.UViM.from_preset("hf://me/tiny-uvim")' in card
     assert "uvim-keras predict --preset hf://me/tiny-uvim" in card
     assert "panoptic segmentation" in card.lower()
+    assert 'keras_hub.models.ImageSegmenter.from_preset("hf://me/tiny-uvim")' in card
+    assert '- name: "preset"' in card  # the folder's name (no name was given)
     assert json.loads(sent["files"]["uvim_preset.json"])["metrics"] == {"PQ": 7.25}
+
+
+def test_model_card_names_datasets_and_base_model():
+    from uvim_keras.presets import PRESETS
+    from uvim_keras.presets.model_card import model_card
+
+    info = PRESETS["depth_nyu"].card_info()
+    card = model_card(info, {}, "hf://me/depth")
+    header = card.split("---")[1]
+    assert 'datasets:\n- "sayakpaul/nyu_depth_v2"' in header
+    assert '- name: "depth_nyu"' in header and "base_model" not in header
+    assert 'keras_hub.models.DepthEstimator.from_preset("hf://me/depth")' in card
+    tuned = model_card({**info, "base_model": "me/uvim-depth"}, {}, "hf://me/tuned")
+    assert 'base_model: "me/uvim-depth"' in tuned.split("---")[1]
 
 
 def test_upload_rejects_bad_folders_and_uris(tmp_path, tiny_uvim):
