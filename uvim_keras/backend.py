@@ -1,5 +1,6 @@
 """The one place with backend-specific code: compiling inference functions,
-and per-example random numbers inside a compiled function.
+per-example random numbers inside a compiled function, and the op swaps
+that make Keras' ONNX export run in onnxruntime (`onnx_compatible_ops`).
 
 `compile_stateless(layer, fn)` returns a callable equal to `fn(*args)` that is
 compiled on the active backend:
@@ -23,7 +24,10 @@ variables change (quantization, LoRA).
 traced values (Keras' own functions take a Python int seed only).
 """
 
+import contextlib
+
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -128,3 +132,78 @@ def uniform_per_seed(seeds, shape, minval=0.0, maxval=1.0):
     values = ops.convert_to_numpy(seeds).astype("int64").reshape(-1)
     return ops.stack([keras.random.uniform(shape, minval, maxval, seed=int(s))
                       for s in values]) if len(values) else ops.zeros((0, *shape))
+
+
+@contextlib.contextmanager
+def onnx_compatible_ops():
+    """Swaps two Keras backend ops, while exporting to ONNX, for equal ones
+    whose ONNX form onnxruntime runs:
+
+    * argmax of floats (jax, tensorflow): Keras tells -0.0 from 0.0 (-0.0
+      counts as the smallest negative normal) with `signbit`, a bitcast:
+      ONNX `BitCast`, which onnxruntime 1.32 does not implement. Here the sign
+      of a zero is that of 1 / x; the results are the same.
+    * take_along_axis (torch): `torch.take_along_dim` has no ONNX form in
+      torch's TorchScript exporter (which Keras uses for a dynamic batch);
+      `torch.gather` gives the same values where the shapes agree.
+    """
+    from keras.src import backend as keras_backend
+
+    module = keras_backend.numpy
+    replaced = {}
+    name = keras.backend.backend()
+    if name in ("jax", "tensorflow"):
+        replaced["argmax"] = _argmax_without_bitcast(module.argmax, name)
+    if name == "torch":
+        replaced["take_along_axis"] = _take_along_axis_by_gather(module.take_along_axis)
+    saved = {key: getattr(module, key) for key in replaced}
+    try:
+        for key, fn in replaced.items():
+            setattr(module, key, fn)
+        yield
+    finally:
+        for key, fn in saved.items():
+            setattr(module, key, fn)
+
+
+def _argmax_without_bitcast(original, backend):
+    def argmax(x, axis=None, keepdims=False):
+        x = ops.convert_to_tensor(x)
+        dtype = keras.backend.standardize_dtype(x.dtype)
+        if "float" not in dtype or len(x.shape) == 0:
+            return original(x, axis=axis, keepdims=keepdims)
+        if dtype != "float64":
+            x = ops.cast(x, "float32")
+        # -0.0 -> -tiny, as Keras' argmax does (1 / -0.0 = -inf).
+        negative_zero = ops.logical_and(ops.equal(x, 0.0), ops.less(1.0 / x, 0.0))
+        x = ops.where(negative_zero, -np.finfo(keras.backend.standardize_dtype(x.dtype)).tiny, x)
+        if backend == "jax":
+            import jax.numpy as jnp
+
+            return jnp.argmax(x, axis=axis, keepdims=keepdims)
+        import tensorflow as tf
+
+        flat = tf.reshape(x, [-1]) if axis is None else x
+        y = tf.argmax(flat, axis=0 if axis is None else axis, output_type="int32")
+        if keepdims:
+            y = tf.reshape(y, [1] * len(x.shape)) if axis is None else tf.expand_dims(y, axis)
+        return y
+
+    return argmax
+
+
+def _take_along_axis_by_gather(original):
+    import torch
+
+    def take_along_axis(x, indices, axis=None):
+        x, indices = ops.convert_to_tensor(x), ops.convert_to_tensor(indices)
+        if axis is None or x.ndim != indices.ndim:
+            return original(x, indices, axis=axis)
+        axis = axis % x.ndim
+        indices = indices.long()
+        indices = torch.where(indices < 0, indices + x.shape[axis], indices)
+        # As take_along_dim, where only the indices need broadcasting.
+        indices = indices.expand(*[-1 if i == axis else n for i, n in enumerate(x.shape)])
+        return torch.gather(x, axis, indices)
+
+    return take_along_axis

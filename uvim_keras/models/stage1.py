@@ -231,6 +231,32 @@ class UViMStage1(AdaptableModel):
         """The task's outputs when decoding the oracle's own code."""
         return self.task.predict_outputs(self(inputs, training=False)["logits"])
 
+    def export_base_model(self, filepath, format="onnx", outputs="predictions", verbose=None,
+                          input_signature=None, **kwargs):
+        """Exports the base model as a decoder of guiding codes: integer codes
+        (B, code_len) int32 ("codes") + images (B, H, W, 3) float32 in
+        [-1, 1] ("images") -> the task's outputs (`outputs="predictions"`,
+        e.g. panoptic ids (B, H, W, 2) int32) or the base model's logits
+        (`outputs="logits"`: one output per key of
+        `base_model.label_channels`, (B, H, W, c) each), any batch size.
+
+        The quantizer's codewords are stored as a constant. `format` and
+        `kwargs` are Keras' `Model.export`'s: "onnx" (run it with
+        onnxruntime: `session.run(None, {"codes": codes, "images": images})`;
+        outputs named "predictions" or the logits' keys), "tf_saved_model",
+        ... Returns the exported `keras.Model`
+        (`uvim_keras.models.serving.CodeDecoder`, called as
+        `decoder(codes, images)`).
+        """
+        from uvim_keras.models.serving import CodeDecoder, check_export_backend
+
+        check_export_backend(format)
+        decoder = CodeDecoder(self.base_model, self.quantizer.codewords(), self.task,
+                              outputs=outputs, dtype=self.dtype_policy, name="code_decoder")
+        decoder.export(filepath, format=format, verbose=verbose, input_signature=input_signature,
+                       **kwargs)
+        return decoder
+
     # -- presets (keras-hub layout; keras-hub is imported only here) ---------------
     @classproperty
     def presets(cls):

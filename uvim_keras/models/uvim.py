@@ -1,10 +1,12 @@
 """UViM inference: guiding-code LM -> codewords -> base model -> task outputs."""
 
+import contextlib
+
 import keras
 import numpy as np
 from keras import ops
 
-from uvim_keras.backend import CompiledFunctions, compile_stateless
+from uvim_keras.backend import CompiledFunctions, compile_stateless, onnx_compatible_ops
 from uvim_keras.layers import VectorQuantizer
 from uvim_keras.models.adaptable import AdaptableModel
 from uvim_keras.models.checks import check_image
@@ -253,6 +255,52 @@ class UViM(AdaptableModel):
                                    callbacks=callbacks)
         finally:
             self._predict_temperature = None
+
+    # -- serving -----------------------------------------------------------------
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
+               temperature=None, **kwargs):
+        """Keras' `Model.export` (formats, `verbose`, `**kwargs` as there) of
+        what `predict` computes: images (B, H, W, 3) float32 in [-1, 1] ->
+        the task's outputs. Reload a SavedModel with plain TensorFlow,
+        `tf.saved_model.load(filepath).serve(images)` (uvim_keras not needed).
+
+        `input_signature` defaults to a float32 image batch of the model's
+        size with any batch size, so a model that was never called exports
+        too. Codes are decoded at `temperature` (default: the model's, as in
+        `predict`: greedy for panoptic and depth, T = 1 for colorization;
+        pass 0 for a deterministic greedy export). A sampled export draws
+        each image's seed from the model's seed generator, whose state is
+        saved with the model and moves on at each call; to make samples
+        reproducible, export with `input_signature=[{"image": (None, H, W, 3)
+        float32 spec, "seed": (None,) int32 spec}]` and serve `{"image":
+        images, "seed": seeds}`: image i is sampled with seeds[i], as
+        `predict(x, seed=s)` samples it with seeds
+        `uvim_keras.models.sampling.image_seeds(s, 0, len(x))`.
+
+        A TF SavedModel exports from the JAX and TensorFlow backends (Keras'
+        torch path needs torch_xla, see `uvim_keras.models.serving`). ONNX
+        of the whole pipeline exports from torch only (its decoding loop is
+        unrolled: minutes; jax2onnx and tf2onnx fail on the loop); the base
+        model alone exports to ONNX from every backend
+        (`uvim.stage1.export_base_model`).
+        """
+        from uvim_keras.models.serving import (
+            check_export_backend, image_signature)
+
+        temperature = self.default_temperature if temperature is None else float(temperature)
+        if not np.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature={temperature!r}; expected a finite value >= 0.")
+        check_export_backend(format)
+        if input_signature is None:
+            input_signature = image_signature(self.input_size)
+        previous = self._predict_temperature
+        self._predict_temperature = temperature  # read by `call` while tracing
+        try:
+            with onnx_compatible_ops() if format == "onnx" else contextlib.nullcontext():
+                return super().export(filepath, format=format, verbose=verbose,
+                                      input_signature=input_signature, **kwargs)
+        finally:
+            self._predict_temperature = previous
 
     def get_config(self):
         if self.stage1 is not None:
