@@ -39,7 +39,7 @@ def test_demo_quick_writes_report_figure_and_models(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--task", "segmentation"], "task='segmentation'; expected one of"),
+        (["--task", "segmentation"], "invalid choice: 'segmentation' (choose from 'panoptic'"),
         (["--stage1-epochs", "0"], "stage1_epochs=0; expected a positive value"),
         (["--size", "-8"], "size=-8; expected a positive value"),
         (["--seed", "-1"], "seed=-1; expected a non-negative int"),
@@ -52,3 +52,10 @@ def test_demo_bad_arguments_give_one_line_errors(tmp_path, args, message):
     lines = [l for l in proc.stderr.strip().splitlines() if "error" in l]
     assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_demo_task_choices_are_the_synthetic_tasks():
+    from uvim_keras.cli import _DEMO_TASKS
+    from uvim_keras.data.synthetic import SYNTHETIC_TASKS
+
+    assert sorted(_DEMO_TASKS) == sorted(SYNTHETIC_TASKS)
