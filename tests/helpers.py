@@ -31,6 +31,15 @@ def tiny_lm(seed=0, **overrides):
     return GuidingCodeLM(**{**TINY_LM, **overrides})
 
 
+def randomize(model, seed, std=0.3):
+    """Random normal values (std `std`) in every trainable float weight of
+    `model` (zero-initialised heads included), from a numpy seed."""
+    rng = np.random.default_rng(seed)
+    for v in model.weights:
+        if "float" in str(v.dtype) and v.trainable:
+            v.assign(rng.normal(0, std, tuple(v.shape)).astype("float32"))
+
+
 def panoptic_batch(n=4, size=16, num_classes=5, max_instances=4, seed=0):
     """Images whose colour tells the label: blocks of class c, instance i."""
     rng = np.random.default_rng(seed)

@@ -9,24 +9,17 @@ import numpy as np
 import pytest
 
 from common import to_numpy
-from helpers import panoptic_batch, tiny_lm, tiny_stage1
+from helpers import panoptic_batch, randomize, tiny_lm, tiny_stage1
 
 pytestmark = pytest.mark.multibackend
-
-
-def _randomize(model, seed):
-    rng = np.random.default_rng(seed)
-    for v in model.weights:
-        if "float" in str(v.dtype) and v.trainable:
-            v.assign(rng.normal(0, 0.3, tuple(v.shape)).astype("float32"))
 
 
 def _uvim():
     from uvim_keras import UViM
 
     lm, stage1 = tiny_lm(), tiny_stage1()
-    _randomize(lm, 1)
-    _randomize(stage1, 2)
+    randomize(lm, 1)
+    randomize(stage1, 2)
     return UViM.from_stage1(lm, stage1)
 
 
@@ -105,7 +98,7 @@ def test_quantize_the_parts_alone_and_twice_is_a_clear_error():
 
 def test_float8_where_the_backend_has_it():
     lm = tiny_lm()
-    _randomize(lm, 3)
+    randomize(lm, 3)
     images = panoptic_batch(2)["image"]
     codes = np.zeros((2, 4), "int32")
     before = to_numpy(lm({"image": images, "codes": codes}))
@@ -122,7 +115,7 @@ def test_lora_trains_only_query_value_factors_and_saves_merged(tmp_path):
     import keras
 
     lm = tiny_lm()
-    _randomize(lm, 4)
+    randomize(lm, 4)
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, (4, 16, 16, 3)).astype("float32")
     codes = rng.integers(0, 8, (4, 4)).astype("int32")

@@ -5,16 +5,9 @@ import numpy as np
 import pytest
 
 from common import to_numpy
-from helpers import panoptic_batch, tiny_lm, tiny_stage1
+from helpers import panoptic_batch, randomize, tiny_lm, tiny_stage1
 
 pytestmark = pytest.mark.multibackend
-
-
-def _randomize(model, seed):
-    rng = np.random.default_rng(seed)
-    for v in model.weights:
-        if "float" in str(v.dtype) and v.trainable:
-            v.assign(rng.normal(0, 0.5, tuple(v.shape)).astype("float32"))
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +15,8 @@ def uvim():
     from uvim_keras import UViM
 
     lm, stage1 = tiny_lm(), tiny_stage1()
-    _randomize(lm, 1)
-    _randomize(stage1, 2)
+    randomize(lm, 1, std=0.5)
+    randomize(stage1, 2, std=0.5)
     return UViM.from_stage1(lm, stage1)
 
 
@@ -102,7 +95,7 @@ def test_predict_bad_arguments_are_clear_errors(uvim, images):
 
 def test_stage1_predict_returns_the_call_outputs():
     model = tiny_stage1()
-    _randomize(model, 4)
+    randomize(model, 4, std=0.5)
     batch = panoptic_batch(5, seed=2)
     out = model.predict(batch, batch_size=2, verbose=0)
     assert out["codes"].shape == (5, model.code_len)

@@ -5,7 +5,7 @@ import numpy as np
 from uvim_keras.metrics.fid_inception import FEATURE_DIM
 from uvim_keras.metrics.fid_inception_weights import DEFAULT_WEIGHTS
 from uvim_keras.metrics.fid_inception_weights import load_fid_inception
-from uvim_keras.metrics.host import to_numpy
+from uvim_keras.metrics.inception_features import batched_features
 
 
 class FIDInceptionFeatureExtractor:
@@ -42,18 +42,6 @@ class FIDInceptionFeatureExtractor:
         self.model = load_fid_inception(weights)
 
     def __call__(self, images):
-        images = to_numpy(images)
-        if images.ndim != 4 or images.shape[-1] not in (1, 3):
-            raise ValueError(
-                f"images: got shape {images.shape}; expected (B, H, W, 3) RGB "
-                "(or (B, H, W, 1)) with values in [0, 255]")
-        if images.shape[-1] == 1:
-            images = np.repeat(images, 3, axis=-1)
-        outputs = []
-        for start in range(0, images.shape[0], self.batch_size):
-            batch = images[start:start + self.batch_size].astype(np.float32)
-            outputs.append(to_numpy(self.model(batch / 255.0,
-                                               training=False)))
-        if not outputs:
-            return np.zeros((0, FEATURE_DIM), np.float32)
-        return np.concatenate(outputs, axis=0)
+        return batched_features(
+            lambda batch: self.model(batch.astype(np.float32) / 255.0, training=False),
+            images, self.batch_size, FEATURE_DIM)

@@ -109,17 +109,24 @@ class InceptionFeatureExtractor:
         return x / 127.5 - 1.0
 
     def __call__(self, images):
-        images = to_numpy(images)
-        if images.ndim != 4 or images.shape[-1] not in (1, 3):
-            raise ValueError(
-                f"images: got shape {images.shape}; expected (B, H, W, 3) RGB "
-                "(or (B, H, W, 1)) with values in [0, 255]")
-        if images.shape[-1] == 1:
-            images = np.repeat(images, 3, axis=-1)
-        outputs = []
-        for start in range(0, images.shape[0], self.batch_size):
-            batch = self._preprocess(images[start:start + self.batch_size])
-            outputs.append(to_numpy(self.model(batch, training=False)))
-        if not outputs:
-            return np.zeros((0, 2048), np.float32)
-        return np.concatenate(outputs, axis=0)
+        return batched_features(
+            lambda batch: self.model(self._preprocess(batch), training=False),
+            images, self.batch_size)
+
+
+def batched_features(features, images, batch_size, dim=2048):
+    """(B, dim) numpy features of RGB images (B, H, W, 3) in [0, 255] (or
+    grey (B, H, W, 1), repeated to RGB), computed `batch_size` at a time by
+    `features(batch)`."""
+    images = to_numpy(images)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"images: got shape {images.shape}; expected (B, H, W, 3) RGB "
+            "(or (B, H, W, 1)) with values in [0, 255]")
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    outputs = [to_numpy(features(images[start:start + batch_size]))
+               for start in range(0, images.shape[0], batch_size)]
+    if not outputs:
+        return np.zeros((0, dim), np.float32)
+    return np.concatenate(outputs, axis=0)
