@@ -57,6 +57,8 @@ import time
 
 import numpy as np
 
+from bench_uvim import StepStamps  # benchmarks/ is on sys.path when run as a script
+
 PRESETS = ("shapes_panoptic", "shapes_depth", "shapes_colorization")
 HELD_OUT_SEED = 10_000
 HELD_OUT_EXAMPLES = 200
@@ -311,35 +313,13 @@ def _clone_lm(lm):
     return clone
 
 
-class _StepStamps:
-    """fit callback stamping each train batch's end (logs are python floats by
-    then, so the step has finished)."""
-
-    def __new__(cls):
-        import keras
-
-        class Stamps(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.stamps = []
-
-            def on_train_batch_begin(self, batch, logs=None):
-                if not self.stamps:
-                    self.stamps.append(time.perf_counter())
-
-            def on_train_batch_end(self, batch, logs=None):
-                self.stamps.append(time.perf_counter())
-
-        return Stamps()
-
-
 def _fit(lm, train, args):
     import keras
 
     steps = args.epochs * (len(train["image"]) // args.batch_size)
     lm.compile(optimizer=_schedule(args, steps))
     keras.utils.set_random_seed(1)
-    stamps = _StepStamps()
+    stamps = StepStamps()
     t = time.perf_counter()
     hist = lm.fit(train, batch_size=args.batch_size, epochs=args.epochs, shuffle=True,
                   verbose=0, callbacks=[stamps]).history
@@ -359,7 +339,7 @@ def _step_times(models, batch, args):
     for r in range(args.rounds):
         order = list(models) if r % 2 == 0 else list(models)[::-1]
         for k in order:
-            stamps = _StepStamps()
+            stamps = StepStamps()
             models[k].fit(data, batch_size=n, epochs=1, shuffle=False, verbose=0,
                           callbacks=[stamps])
             ts[k] += list(np.diff(stamps.stamps)[1:])  # skip the block's first step
