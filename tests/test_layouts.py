@@ -100,6 +100,34 @@ def test_attention_equals_keras_multi_head_attention_and_round_trips(tmp_path):
     np.testing.assert_array_equal(to_numpy(clone(q, v)), to_numpy(ours(q, v)))
 
 
+@pytest.mark.parametrize("adapt", ["float", "lora", "int8"])
+def test_mlp_decoding_path_equals_its_call(adapt):
+    """The decoding loop's MLP (kernels transposed once per call) gives what
+    the layer gives, LoRA merged; quantized projections run as they are."""
+    import warnings
+
+    from uvim_keras.layers import MlpBlock
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3, 1, 16)).astype("float32")
+    mlp = MlpBlock(mlp_dim=24)
+    mlp.build(x.shape)
+    _randomize(mlp, rng)
+    if adapt == "lora":
+        mlp.dense_0.enable_lora(2)
+        lora_b = mlp.dense_0.lora_kernel_b
+        lora_b.assign(rng.normal(size=tuple(lora_b.shape)).astype("float32"))
+    if adapt == "int8":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for layer in (mlp.dense_0, mlp.dense_1):
+                layer.quantize("int8")
+    kernels = mlp.decoding_kernels()
+    assert (kernels is None) == (adapt == "int8")
+    np.testing.assert_allclose(to_numpy(mlp.decode(x, kernels)), to_numpy(mlp(x)),
+                               rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(mlp_dim=0), r"mlp_dim=0: expected a positive integer"),
     (dict(mlp_dim=2.5), r"mlp_dim=2.5: expected a positive integer"),

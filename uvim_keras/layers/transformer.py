@@ -127,6 +127,24 @@ class MlpBlock(keras.layers.Layer):
         x = self.drop(x, training=training)
         return self.dense_1(x)
 
+    # -- decoding loops -----------------------------------------------------------
+    def decoding_kernels(self):
+        """Once per decoding call: both kernels as (in, out) matrices
+        (LoRA merged), or None when a projection is quantized. Inside a
+        loop XLA:CPU would transpose the (out, in) kernels at every step."""
+        if any(d.quantization_mode is not None for d in (self.dense_0, self.dense_1)):
+            return None
+        return tuple(ops.transpose(d.kernel) for d in (self.dense_0, self.dense_1))
+
+    def decode(self, x, kernels):
+        """`call` in inference, with `decoding_kernels()` made before the
+        loop (quantized projections run as they are)."""
+        if kernels is None:
+            return self(x)
+        x = keras.activations.gelu(ops.matmul(x, kernels[0]) + self.dense_0.bias,
+                                   approximate=True)
+        return ops.matmul(x, kernels[1]) + self.dense_1.bias
+
     def get_config(self):
         return {**super().get_config(), "mlp_dim": self.mlp_dim, "dropout": self.dropout}
 
@@ -390,20 +408,22 @@ class DecoderBlock(keras.layers.Layer):
     # not hoist loop-invariant transposes out of a while loop). A projection
     # of one position, (B, 1, heads, head_dim), becomes head-major by a
     # reshape.
-    def cross_keys_values(self, encoded):
-        """The image's cross-attention keys and values, head-major
-        (B, heads, S, head_dim): made once per decoding call."""
+    def prepare_decoding(self, encoded):
+        """Once per decoding call, from the encoded image (B, S, W): its
+        cross-attention keys and values, head-major (B, heads, S, head_dim),
+        and the MLP's `decoding_kernels()`."""
         k, v = self.cross_attention.project_kv(encoded)
-        return ops.transpose(k, (0, 2, 1, 3)), ops.transpose(v, (0, 2, 1, 3))
+        return {"cross_kv": (ops.transpose(k, (0, 2, 1, 3)), ops.transpose(v, (0, 2, 1, 3))),
+                "mlp_kernels": self.mlp.decoding_kernels()}
 
-    def decode_step(self, x, index, cache_k, cache_v, cross_kv):
+    def decode_step(self, x, index, cache_k, cache_v, prepared):
         """One autoregressive step.
 
         Args:
           x: (B, 1, W) the input at position `index`.
           index: scalar int, the position.
           cache_k, cache_v: (B, heads, L, head_dim) self-attention cache.
-          cross_kv: `cross_keys_values(encoded)`, made once per call.
+          prepared: `prepare_decoding(encoded)`, made once per call.
         Returns:
           (y, cache_k, cache_v) with the caches updated at `index`.
         """
@@ -425,9 +445,9 @@ class DecoderBlock(keras.layers.Layer):
         y = _attend_heads(head_major(sa.project_query(h)), cache_k, cache_v, visible)
         x = x + sa.attention_output(position_major(y))
         q = head_major(ca.project_query(self.norm_2(x)))
-        y = _attend_heads(q, *cross_kv)
+        y = _attend_heads(q, *prepared["cross_kv"])
         x = x + ca.attention_output(position_major(y))
-        return x + self.mlp(self.norm_3(x)), cache_k, cache_v
+        return x + self.mlp.decode(self.norm_3(x), prepared["mlp_kernels"]), cache_k, cache_v
 
     def get_config(self):
         return {

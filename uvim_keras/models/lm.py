@@ -175,7 +175,7 @@ class GuidingCodeLM(AdaptableModel):
         n = ops.shape(encoded)[0]
         heads = self.num_heads
         head_dim = self.width // heads
-        cross_kv = [b.cross_keys_values(encoded) for b in self.decoder_blocks]
+        prepared = [b.prepare_decoding(encoded) for b in self.decoder_blocks]
         cache_shape = (n, heads, self.code_len, head_dim)  # head-major
         caches = [
             (ops.zeros(cache_shape, encoded.dtype), ops.zeros(cache_shape, encoded.dtype))
@@ -188,8 +188,8 @@ class GuidingCodeLM(AdaptableModel):
             x = self.token_embedding(prev[:, None])
             x = x + ops.slice(posemb, (0, t, 0), (1, 1, self.width))
             new_caches = []
-            for block, (ck, cv), kv in zip(self.decoder_blocks, caches, cross_kv):
-                x, ck, cv = block.decode_step(x, t, ck, cv, kv)
+            for block, (ck, cv), prep in zip(self.decoder_blocks, caches, prepared):
+                x, ck, cv = block.decode_step(x, t, ck, cv, prep)
                 new_caches.append((ck, cv))
             logits = self.logits_dense(self.decoder_norm(x))[:, 0]
             step_noise = None if noise is None else ops.take(noise, t, axis=0)
