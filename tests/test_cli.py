@@ -316,3 +316,32 @@ def test_predict_writes_each_output_at_its_inputs_size(task, method, tmp_path, c
         np.testing.assert_array_equal(raw["input"], read_image(path))
         with Image.open(out / (path.stem + ".png")) as picture:
             assert picture.height > size[0]
+
+
+# -- quiet logs ---------------------------------------------------------------------
+TF_NOISE = ("absl::InitializeLog", "cudart_stub", "cuInit", "cpu_feature_guard", "oneDNN")
+
+
+@pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "jax") != "jax", reason="JAX backend")
+def test_predict_under_jax_prints_no_tensorflow_log_lines(tmp_path):
+    """keras-hub loads TensorFlow to read the preset; its C++ start-up lines
+    stay off the terminal unless --verbose asks for them."""
+    from PIL import Image
+
+    pytest.importorskip("tensorflow")
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.full((30, 40, 3), 128, "uint8")).save(image)
+    env = {**_subprocess_env(tmp_path)}
+    env.pop("TF_CPP_MIN_LOG_LEVEL")
+
+    def run(*extra):
+        proc = subprocess.run(
+            [sys.executable, "-m", "uvim_keras", "predict", "--preset", "shapes_panoptic",
+             str(image), "-o", str(tmp_path / "out"), *extra],
+            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return [line for line in proc.stderr.splitlines() if any(n in line for n in TF_NOISE)]
+
+    assert run() == []
+    if not run("--verbose"):  # this TensorFlow logs nothing here anyway
+        pytest.skip("TensorFlow printed no start-up lines on this machine")

@@ -8,8 +8,9 @@ use another backend.
 `import uvim_keras` imports the models, layers and tasks, which registers
 every uvim_keras class with Keras (`.keras` files and keras-hub presets then
 load); the keras-hub classes are registered as soon as keras-hub is imported
-(`uvim_keras.presets.hub_registration`), so TensorFlow is not imported
-with uvim_keras. The one exception is the `uvim-keras` command: it parses its
+(`uvim_keras.import_hooks`), so TensorFlow is not imported with uvim_keras,
+and when something imports it under the JAX or torch backend its C++
+start-up logging is kept off the terminal (`UVIM_KERAS_VERBOSE=1` shows it). The one exception is the `uvim-keras` command: it parses its
 arguments (and answers `--help` and `--version`) without importing Keras,
 and its commands import what they use; there the names below are imported on
 first use.
@@ -61,6 +62,7 @@ if _running_the_command_line():
 
 else:
     globals().update({name: _public(name) for name in _PUBLIC})
-    from uvim_keras.presets.hub_registration import register_with_keras_hub as _register
 
-    _register()  # keras-hub's classes: now, or when keras-hub is imported
+# keras-hub's classes registered when keras-hub loads; TensorFlow loads quietly
+# under the other backends (uvim_keras.import_hooks).
+_importlib.import_module("uvim_keras.import_hooks").install()

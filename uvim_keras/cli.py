@@ -82,6 +82,9 @@ def build_parser():
     parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("--traceback", action="store_true",
                         help="on an error, print the traceback too (or set UVIM_KERAS_TRACEBACK=1)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep TensorFlow's C++ start-up log lines (hidden under the JAX and "
+                        "torch backends; or set UVIM_KERAS_VERBOSE=1)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     demo = sub.add_parser(
         "demo", help="train and evaluate a two-stage UViM on synthetic data (CPU, minutes)",
@@ -108,6 +111,8 @@ def build_parser():
     for command in sub.choices.values():  # also after the command (default: the parser's)
         command.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
                              help="on an error, print the traceback too")
+        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="keep TensorFlow's C++ start-up log lines")
     return parser
 
 
@@ -119,6 +124,10 @@ _EXPECTED = (ValueError, OSError, ImportError)
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose:
+        from uvim_keras.import_hooks import keep_tensorflow_logs
+
+        keep_tensorflow_logs()
     from uvim_keras.cli_presets import CommandError, one_line
 
     prefix = f"uvim-keras {args.command}"

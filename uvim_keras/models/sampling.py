@@ -80,4 +80,5 @@ def select_tokens(logits, noise, temperature, top_k=0, top_p=0.0, mask_bos=True)
         kept = ops.where(mass_before < top_p, ordered, -NEG_INF)
         threshold = ops.min(kept, axis=-1, keepdims=True)
         logits = ops.where(logits < threshold, NEG_INF, logits)
+    noise = ops.cast(ops.convert_to_tensor(noise), logits.dtype)  # a numpy array too
     return ops.cast(ops.argmax(logits + noise, axis=-1), "int32")

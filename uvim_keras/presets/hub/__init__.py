@@ -9,7 +9,7 @@
   `preprocessor.json`): raw images of any size -> the model's input.
 
 `import uvim_keras` registers these classes with Keras as soon as keras-hub
-is imported (`uvim_keras.presets.hub_registration`), so keras-hub's own
+is imported (`uvim_keras.import_hooks`), so keras-hub's own
 `Backbone.from_preset`, `ImageSegmenter.from_preset`,
 `DepthEstimator.from_preset` and `ImageToImage.from_preset` load UViM presets.
 """
