@@ -345,3 +345,123 @@ def test_predict_under_jax_prints_no_tensorflow_log_lines(tmp_path):
     assert run() == []
     if not run("--verbose"):  # this TensorFlow logs nothing here anyway
         pytest.skip("TensorFlow printed no start-up lines on this machine")
+
+
+# -- predict: inputs are never overwritten, outputs are written whole -------------------
+def test_output_names_are_distinct_and_never_an_input(tmp_path):
+    from uvim_keras.cli_presets import output_names
+
+    for rel in ("a/x.png", "b/x.png", "c/x_1.png", "d/X.jpg", "out/y.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"image")
+    images = [str(tmp_path / p) for p in ("a/x.png", "b/x.png", "c/x_1.png", "d/X.jpg",
+                                          "out/y.png", "a/x.png")]
+    names = output_names(images, str(tmp_path / "out"))
+    stems = [stem for stem, _ in names]
+    assert stems == ["x", "x_2", "x_1", "X_3", "y_1", "x_4"]
+    assert len({s.casefold() for s in stems}) == len(stems)
+    reasons = [reason for _, reason in names]
+    assert reasons[0] is None and reasons[2] is None
+    assert reasons[1] == f"{images[0]} has the same name"
+    assert "would overwrite an input image" in reasons[4]
+    assert not (tmp_path / "out" / "y_1.png").exists()  # names only: nothing is written
+
+
+def test_write_atomically_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
+    import errno
+
+    from uvim_keras.cli_presets import OutputError, write_atomically
+
+    target = tmp_path / "result.npz"
+    write_atomically(str(target), lambda f: f.write(b"first"))
+    assert target.read_bytes() == b"first"
+    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+    def half_then_full(f):
+        f.write(b"x" * 4096)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OutputError, match=r"cannot write '.*result\.npz': No space left on device"):
+        write_atomically(str(target), half_then_full)
+    assert target.read_bytes() == b"first" and os.listdir(tmp_path) == ["result.npz"]
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "I/O")))
+    with pytest.raises(OutputError, match="I/O"):
+        write_atomically(str(tmp_path / "new.png"), lambda f: f.write(b"png"))
+    assert os.listdir(tmp_path) == ["result.npz"]
+
+
+def _umask():
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
+def test_prepare_output_folder_creates_checks_and_removes(tmp_path):
+    from uvim_keras.cli_presets import OutputError, prepare_output_folder, remove_created
+
+    created = prepare_output_folder(str(tmp_path / "a" / "b"))
+    assert [os.path.relpath(p, tmp_path) for p in created] == ["a", os.path.join("a", "b")]
+    assert os.listdir(tmp_path / "a" / "b") == []  # the write check leaves nothing
+    remove_created(created)
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "file").write_text("mine")
+    for out, match in ((tmp_path / "file", "exists and is not a folder"),
+                       (tmp_path / "file" / "sub", "is a file, not a folder")):
+        with pytest.raises(OutputError, match=match):
+            prepare_output_folder(str(out))
+    assert os.listdir(tmp_path) == ["file"] and (tmp_path / "file").read_text() == "mine"
+
+
+# -- reading images: every mode to 8-bit RGB -------------------------------------------
+def test_read_image_scales_16_bit_and_composites_alpha_on_white(tmp_path):
+    from PIL import Image
+
+    from uvim_keras.presets.images import ImageReadError, read_image
+
+    deep = np.array([[0, 257, 32896, 65535]], "uint16")
+    Image.fromarray(deep).save(tmp_path / "deep.png")  # 'I;16'
+    with Image.open(tmp_path / "deep.png") as img:
+        assert img.mode == "I;16"
+    np.testing.assert_array_equal(read_image(tmp_path / "deep.png")[..., 0], [[0, 1, 128, 255]])
+    Image.fromarray(deep).save(tmp_path / "keyed.png", transparency=257)  # tRNS colour key
+    np.testing.assert_array_equal(read_image(tmp_path / "keyed.png")[..., 0], [[0, 255, 128, 255]])
+    Image.fromarray(deep.astype("int32")).save(tmp_path / "int.tif")  # 'I' (32-bit)
+    np.testing.assert_array_equal(read_image(tmp_path / "int.tif")[..., 1], [[0, 1, 128, 255]])
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]], "float32")).save(tmp_path / "f.tif")  # 'F'
+    np.testing.assert_array_equal(read_image(tmp_path / "f.tif")[..., 2], [[0, 128, 255]])
+    rgba = np.array([[[200, 100, 0, 255], [200, 100, 0, 0], [0, 0, 0, 128]]], "uint8")
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "rgba.png"),
+                                  [[[200, 100, 0], [255, 255, 255], [127, 127, 127]]])
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([10, 20, 30, 40, 50, 60] + [0] * 762)
+    palette.putpixel((1, 0), 1)
+    palette.save(tmp_path / "p.png")
+    palette.save(tmp_path / "p_alpha.png", transparency=0)
+    np.testing.assert_array_equal(read_image(tmp_path / "p.png"), [[[10, 20, 30], [40, 50, 60]]])
+    np.testing.assert_array_equal(read_image(tmp_path / "p_alpha.png"),
+                                  [[[255, 255, 255], [40, 50, 60]]])
+    Image.fromarray(np.array([[[90, 0]]], "uint8")).save(tmp_path / "la.png")  # 'LA'
+    np.testing.assert_array_equal(read_image(tmp_path / "la.png"), [[[255, 255, 255]]])
+    Image.new("1", (2, 2), 1).save(tmp_path / "bits.png")
+    assert (read_image(tmp_path / "bits.png") == 255).all()
+    for image in ("deep.png", "rgba.png", "p.png", "la.png", "bits.png"):
+        x = read_image(tmp_path / image)
+        assert x.dtype == np.uint8 and x.ndim == 3 and x.shape[-1] == 3
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ImageReadError, match=r"'.*empty\.png': the file is empty"):
+        read_image(tmp_path / "empty.png")
+
+
+# -- the top level: every failure is one line -------------------------------------------
+def test_broken_pipe_on_stdout_is_quiet(tmp_path):
+    """`uvim-keras presets | head -1`: the closed pipe ends the command
+    without a traceback or an 'Exception ignored' line."""
+    env = _subprocess_env(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "uvim_keras", "presets", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    proc.stdout.close()  # before the command writes
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=300)
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert proc.returncode == 1 and err == "", (proc.returncode, err)

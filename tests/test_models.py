@@ -202,3 +202,65 @@ def test_bad_codes_and_config():
         lm.generate(np.zeros((1, 16, 16, 4), "float32"))
     with pytest.raises(ValueError, match=r"codes range over"):
         lm({"image": image, "codes": np.full((2, 4), -1, "int32")})
+
+
+# -- a NaN batch in fit --------------------------------------------------------------
+def _state(model):
+    """Model variables (weights, VQ dictionary and counts, seed states) and optimizer state."""
+    return [to_numpy(v.value).copy() for v in list(model.variables) + list(model.optimizer.variables)]
+
+
+def _with_nan_images(batch, rows):
+    bad = {k: v.copy() for k, v in batch.items()}
+    bad["image"][rows] = np.nan
+    return bad
+
+
+def test_fit_stops_on_a_nan_batch_without_applying_it():
+    import keras
+
+    from uvim_keras.training import NonFiniteLossError
+
+    model = tiny_stage1()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    batch = panoptic_batch(4)
+    model.fit(batch, batch_size=2, epochs=1, verbose=0)
+    before = _state(model)
+    # Batch 1 of this fit is good, batch 2 has NaN images: step 4 of the run.
+    with pytest.raises(NonFiniteLossError, match=r"^non-finite loss at step 4: loss=nan .*The "
+                                                 r"step was not applied"):
+        model.fit(_with_nan_images(batch, slice(2, 4)), batch_size=2, epochs=2, verbose=0,
+                  shuffle=False)
+    assert int(to_numpy(model.optimizer.iterations)) == 3
+    assert all(np.isfinite(a).all() for a in _state(model) if a.dtype.kind == "f")
+    # A NaN first batch: the model is exactly as it was before the step.
+    model.fit(batch, batch_size=2, epochs=1, verbose=0)
+    before = _state(model)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 6"):
+        model.fit(_with_nan_images(batch, slice(0, 2)), batch_size=2, epochs=1, verbose=0,
+                  shuffle=False)
+    for a, b, v in zip(before, _state(model), list(model.variables) + list(model.optimizer.variables)):
+        np.testing.assert_array_equal(b, a, err_msg=v.path)
+
+
+def test_lm_fit_stops_on_nan_and_stop_on_nan_false_opts_out():
+    import keras
+
+    from uvim_keras.training import NonFiniteLossError
+
+    lm = tiny_lm()
+    lm.compile(optimizer=keras.optimizers.Adam(1e-2))
+    rng = np.random.default_rng(0)
+    data = {"image": rng.uniform(-1, 1, (2, 16, 16, 3)).astype("float32"),
+            "codes": rng.integers(0, 8, (2, 4)).astype("int32")}
+    lm.fit(data, batch_size=2, epochs=1, verbose=0)
+    before = _state(lm)
+    bad = _with_nan_images(data, slice(0, 1))
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 2"):
+        lm.fit(bad, batch_size=2, epochs=1, verbose=0)
+    for a, b in zip(before, _state(lm)):
+        np.testing.assert_array_equal(b, a)
+    # Opting out: Keras' own step, which applies the NaN update.
+    history = lm.fit(bad, batch_size=2, epochs=1, verbose=0, stop_on_nan=False)
+    assert np.isnan(history.history["loss"][-1])
+    assert not all(np.isfinite(to_numpy(v)).all() for v in lm.trainable_variables)

@@ -72,6 +72,11 @@ def _files_under(path):
     ) if os.path.isdir(path) else []
 
 
+def _data_files_under(path):
+    """`_files_under` without the cache's lock files."""
+    return [f for f in _files_under(path) if not f.startswith("locks" + os.sep)]
+
+
 @pytest.fixture(scope="module")
 def tiny_uvim():
     from uvim_keras import UViM
@@ -168,8 +173,8 @@ def test_first_use_downloads_converts_caches_then_loads_offline(server, cache_di
     os.makedirs(os.path.dirname(part))
     with open(part, "wb") as f:
         f.write(b"PK half a file")
-    os.makedirs(cache_dir / "presets" / f".tmp-{spec.name}-killed")
-    (cache_dir / "presets" / f".tmp-{spec.name}-killed" / "config.json").write_text("{}")
+    os.makedirs(cache_dir / "presets" / f".tmp-{spec.name}~killed")
+    (cache_dir / "presets" / f".tmp-{spec.name}~killed" / "config.json").write_text("{}")
     before = len(server.requests)
     uvim = UViM.from_preset(spec.name, progress=False)
     assert sorted(server.requests[before:]) == ["/stageII_params.npz",
@@ -181,11 +186,17 @@ def test_first_use_downloads_converts_caches_then_loads_offline(server, cache_di
     folder = cache_dir / "presets" / spec.name
     assert {"config.json", "model.weights.h5", "task.json", "task.weights.h5", "metadata.json",
             "README.md", "uvim_preset.json"} <= set(os.listdir(folder))
-    # Raw files are removed after conversion; leftovers are ignored (and removed
-    # once older than a day, when no other process can still be writing them).
-    assert _files_under(cache_dir / "downloads") == [os.path.basename(part)]
+    # Raw files are removed after conversion, and so are the leftovers (whoever
+    # holds the cache lock knows no other process is writing them); the size
+    # and sha256 of the first good downloads stay, to check later downloads.
+    assert _files_under(cache_dir / "downloads") == sorted(
+        os.path.basename(cache.pin_path(u)) for u in spec.urls)
+    assert not [e for e in os.listdir(cache_dir / "presets") if e.startswith(".")]
     info = json.loads((folder / "uvim_preset.json").read_text())
     assert info["metrics"] == {"PQ": 12.5} and info["kind"] == "uvim"
+    assert set(info["files"]) == {"config.json", "model.weights.h5", "preprocessor.json",
+                                  "task.json", "task.weights.h5"}
+    assert [f["url"] for f in info["source_files"]] == spec.urls
 
     # Later uses: no request at all, same model.
     n = len(server.requests)
@@ -249,7 +260,8 @@ def test_truncated_download_fails_clearly_and_leaves_nothing(server, cache_dir, 
     assert "uvim-keras convert --preset test_fixture_cut --stage1 stageI_panoptic_params.npz " \
            "--stage2 stageII_params.npz" in message
     assert "curl -fLo stageII_params.npz " + server.url("/cut/stageII_params.npz") in message
-    leftovers = [f for f in _files_under(cache_dir) if not f.endswith("stageI_panoptic_params.npz")]
+    leftovers = [f for f in _data_files_under(cache_dir)
+                 if not f.endswith("stageI_panoptic_params.npz")]
     assert leftovers == []  # no partial file, no preset folder
     assert not os.path.exists(cache_dir / "presets" / spec.name)
 
@@ -276,7 +288,7 @@ def test_http_error_names_the_url(server, cache_dir, registered):
                                    complete=False))
     with pytest.raises(DownloadError, match=r"HTTP 404.*/missing\.npz|/missing\.npz: HTTP 404"):
         UViMStage1.from_preset(spec.name, progress=False)
-    assert _files_under(cache_dir) == []
+    assert _data_files_under(cache_dir) == []
 
 
 def test_wrong_shape_checkpoint_fails_clearly_and_is_not_trusted(server, cache_dir, registered):

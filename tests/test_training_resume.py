@@ -3,6 +3,7 @@ uninterrupted one (JAX, tiny UViMStage1 with random code dropout and big_vision'
 Adafactor), checkpoint writes are atomic, NaN/inf stops the run with a clear
 error, TensorBoard/JSON logs continue at the global step."""
 
+import errno
 import json
 import os
 import pathlib
@@ -21,6 +22,8 @@ from helpers import panoptic_batch, tiny_stage1  # noqa: E402
 from uvim_keras.optimizers import BigVisionAdafactor, CosineWarmup  # noqa: E402
 from uvim_keras.training import (  # noqa: E402
     CheckpointError,
+    CheckpointWriteError,
+    CorruptCheckpointError,
     NonFiniteLossError,
     fit_resumable,
     list_checkpoints,
@@ -288,3 +291,101 @@ def test_fit_resumable_data_forms_and_errors(tmp_path):
     # Batches that are dicts (UViM's inputs) reach Keras as (x,) tuples.
     stream = position_data(iter([{"image": 0}, {"image": 1}, {"image": 2}]), 1)
     assert list(run_module._with_example(stream)[0]) == [({"image": 1},), ({"image": 2},)]
+
+
+# -- corrupt checkpoints, pruning, a full disk ---------------------------------------------
+def corrupt(checkpoint_dir):
+    """Damages state.npz's bytes but keeps its size: only the CRC check sees it."""
+    state = pathlib.Path(checkpoint_dir) / "state.npz"
+    raw = bytearray(state.read_bytes())
+    raw[60:68] = b"\xff" * 8
+    state.write_bytes(bytes(raw))
+
+
+@pytest.mark.multibackend
+def test_all_checkpoints_corrupt_is_an_error_not_a_restart(tmp_path):
+    d = tmp_path / "checkpoints"
+    fit_resumable(dense_model(), xy_dataset(), workdir=tmp_path, total_steps=3,
+                  checkpoint_every=1, log_every=None, verbose=0)
+    assert [c.step for c in list_checkpoints(d)] == [1, 2, 3]
+    for c in list_checkpoints(d):
+        corrupt(c.path)
+    model = dense_model()
+    with pytest.warns(UserWarning, match="unreadable checkpoint"):
+        with pytest.raises(CorruptCheckpointError, match=r"no readable checkpoint in .*: the "
+                           r"unreadable ones are in .*corrupt \(ckpt-000000001, ckpt-000000002, "
+                           r"ckpt-000000003\); resuming would start again from step 0"):
+            fit_resumable(model, xy_dataset(), workdir=tmp_path, total_steps=6,
+                          checkpoint_every=1, log_every=None, verbose=0)
+    assert int(to_np(model.optimizer.iterations)) == 0  # nothing trained
+    assert list_checkpoints(d) == []
+    # Rerunning does not restart from 0 either: corrupt/ still says why.
+    with pytest.raises(CorruptCheckpointError, match="no readable checkpoint"):
+        resume(dense_model(), d)
+    # Moving corrupt/ away is the explicit way to start from scratch.
+    (d / "corrupt").rename(tmp_path / "kept_aside")
+    result = fit_resumable(dense_model(), xy_dataset(), workdir=tmp_path, total_steps=2,
+                           checkpoint_every=1, log_every=None, verbose=0)
+    assert (result.start_step, result.step, result.restored) == (0, 2, None)
+
+
+@pytest.mark.multibackend
+def test_corrupt_newest_resumes_from_previous_and_pruning_keeps_valid_ones(tmp_path):
+    d = tmp_path / "checkpoints"
+    common = dict(workdir=tmp_path, checkpoint_every=1, keep=2, log_every=None, verbose=0)
+    fit_resumable(dense_model(), xy_dataset(), total_steps=4, **common)
+    assert [c.step for c in list_checkpoints(d)] == [3, 4]
+    corrupt(d / "ckpt-000000004")
+    model = dense_model()
+    with pytest.warns(UserWarning, match=r"unreadable checkpoint \(moved to .*corrupt"):
+        result = fit_resumable(model, xy_dataset(), total_steps=6, **common)
+    assert (result.start_step, result.restored.step, result.step) == (3, 3, 6)
+    # The corrupt step-4 checkpoint was set aside, never counted as kept: the
+    # valid checkpoints written after the resume are the ones kept.
+    assert [c.step for c in list_checkpoints(d)] == [5, 6]
+    assert sorted(p.name for p in (d / "corrupt").iterdir()) == ["ckpt-000000004"]
+    for c in list_checkpoints(d):
+        restore_checkpoint(dense_model(), c)  # every kept checkpoint reads
+
+
+@pytest.mark.multibackend
+def test_pruning_never_deletes_newer_checkpoints_or_the_new_one(tmp_path):
+    model = dense_model()
+    for step in (5, 6):
+        save_checkpoint(model, tmp_path, step=step, keep=None)
+    # A run that continues from an older state saves step 2 with keep=1: the
+    # higher steps are neither deleted nor counted, the new one is kept.
+    save_checkpoint(model, tmp_path, step=1, keep=None)
+    save_checkpoint(model, tmp_path, step=2, keep=1)
+    assert [c.step for c in list_checkpoints(tmp_path)] == [2, 5, 6]
+
+
+@pytest.mark.multibackend
+def test_full_disk_names_the_path_deletes_nothing_and_the_run_resumes(tmp_path, monkeypatch):
+    d = tmp_path / "checkpoints"
+    common = dict(workdir=tmp_path, checkpoint_every=1, keep=2, log_every=None, verbose=0)
+    fit_resumable(dense_model(), xy_dataset(), total_steps=2, **common)
+    real_savez = ckpt_module.np.savez
+
+    def full_disk(f, **arrays):
+        f.write(b"PK\x03\x04 part")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ckpt_module.np, "savez", full_disk)
+    with pytest.raises(CheckpointWriteError) as info:
+        fit_resumable(dense_model(), xy_dataset(), total_steps=4, **common)
+    error = info.value
+    message = str(error)
+    assert "\n" not in message
+    assert message.startswith(f"cannot write checkpoint {d / 'ckpt-000000003'} (writing "
+                              "state.npz): [Errno 28] No space left on device; nothing was "
+                              f"deleted, a rerun resumes from {d / 'ckpt-000000002'} (step 2)")
+    assert isinstance(error, OSError) and error.errno == errno.ENOSPC
+    assert error.filename == str(d / "ckpt-000000003")
+    assert [c.step for c in list_checkpoints(d)] == [1, 2]
+    assert not [p for p in d.iterdir() if p.name.startswith((".tmp", ".trash"))]
+    # Space again: the rerun resumes from step 2.
+    monkeypatch.setattr(ckpt_module.np, "savez", real_savez)
+    result = fit_resumable(dense_model(), xy_dataset(), total_steps=4, **common)
+    assert (result.start_step, result.restored.step, result.step) == (2, 2, 4)
+    assert [c.step for c in list_checkpoints(d)] == [3, 4]

@@ -50,6 +50,10 @@ def _demo(args):
         _check_args(args.task, args.seed, args.out, config)
     except ValueError as e:
         raise CommandError(str(e)) from None
+    if not args.quick:  # long training runs: keep the step buffers mapped (host_memory)
+        from uvim_keras.host_memory import reuse_host_memory
+
+        reuse_host_memory()
     run_demo(task=args.task, out=args.out, seed=args.seed, quick=args.quick, config=config,
              verbose=0 if args.quiet else 1)
 
@@ -124,23 +128,28 @@ _EXPECTED = (ValueError, OSError, ImportError)
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.verbose:
-        from uvim_keras.import_hooks import keep_tensorflow_logs
-
-        keep_tensorflow_logs()
-    from uvim_keras.cli_presets import CommandError, one_line
-
     prefix = f"uvim-keras {args.command}"
     try:
-        args.func(args)
-    except CommandError as e:  # a bad argument value: a usage error
-        print(f"{prefix}: error: {one_line(e)} (see {prefix} --help)", file=sys.stderr)
-        return 2
+        if args.verbose:
+            from uvim_keras.import_hooks import keep_tensorflow_logs
+
+            keep_tensorflow_logs()
+        from uvim_keras.cli_presets import CommandError
+
+        try:
+            args.func(args)
+            sys.stdout.flush()  # here, so that a closed pipe is handled below
+        except CommandError as e:  # a bad argument value: a usage error
+            print(f"{prefix}: error: {_one_line(e)} (see {prefix} --help)", file=sys.stderr)
+            return 2
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout closed early (`uvim-keras presets | head -1`)
+        _silence_stdout()
+        return 1
     except Exception as e:  # noqa: BLE001 (every failure ends in one line, exit status 1)
-        message = one_line(e)
+        message = _one_line(e)
         if not isinstance(e, _EXPECTED) and message != type(e).__name__:
             message = f"{type(e).__name__}: {message}"
         if args.traceback or os.environ.get("UVIM_KERAS_TRACEBACK", "") not in ("", "0"):
@@ -150,6 +159,24 @@ def main(argv=None):
         print(f"{prefix}: error: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+def _one_line(error):
+    try:
+        from uvim_keras.cli_presets import one_line
+    except Exception:  # noqa: BLE001 (the error may be this import's)
+        return " ".join(str(error).split()) or type(error).__name__
+    return one_line(error)
+
+
+def _silence_stdout():
+    """After a broken pipe: later writes (and the flush at exit) go nowhere."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

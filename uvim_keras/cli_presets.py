@@ -8,7 +8,13 @@
 Errors are reported on one line by `cli.main`: a bad argument value
 (`CommandError`) with exit status 2, like argparse's usage errors; a failure
 at run time (unknown preset, missing or unreadable image or checkpoint,
-files of the wrong task, ...) with exit status 1.
+files of the wrong task, a damaged preset folder, an output that cannot be
+written, ...) with exit status 1. Each message names the file or argument:
+`predict` checks its images (`presets.images.read_image`), the output folder
+(`prepare_output_folder`) and a local preset folder's files
+(`presets.folder_checks.check_preset_folder`) before it loads the model, and
+wraps what the loader raises (`_load_uvim`); `convert` checks its paths and
+names the checkpoint in errors that name no file.
 """
 
 import json
@@ -54,7 +60,11 @@ def add_subcommands(sub):
         "handle) on images; writes OUTDIR/<image>.png (picture) and OUTDIR/<image>.npz "
         "(raw outputs) per image. The model runs at its own input size; each output is "
         "resized back to its image's height and width (nearest for panoptic maps, bilinear "
-        "for depth and colour).",
+        "for depth and colour). Images that share a name, or whose outputs would replace an "
+        "input image, get <image>_1, <image>_2, ... (each line of the output says so); files "
+        "are written whole or not at all (a temporary file renamed into place). Images, the "
+        "output folder and the preset's files are checked before the model loads. 16-bit "
+        "images are scaled to 8 bits, transparency is composited on white.",
     )
     pred.add_argument("--preset", required=True, help="named preset, preset folder or hf://org/name")
     pred.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
@@ -143,15 +153,73 @@ def presets_command(args):
 # -- convert ------------------------------------------------------------------------
 def _read_config(path):
     try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
+        with open(path, "rb") as f:
+            config = json.loads(f.read().decode("utf-8"))
     except OSError as e:
         raise InputError(f"cannot read --config {path!r}: {e.strerror or e}.") from e
+    except UnicodeDecodeError:
+        raise InputError(f"--config {path!r} is not valid JSON (not UTF-8 text).") from None
     except ValueError as e:
         raise InputError(f"--config {path!r} is not valid JSON ({e}).") from e
     if not isinstance(config, dict) or "stage1" not in config:
         raise InputError(f"--config {path!r} must be a JSON object with a 'stage1' entry.")
+    for key in ("stage1", "lm", "task"):
+        if key in config and not isinstance(config[key], dict) and not (
+                key != "stage1" and config[key] is None):
+            raise InputError(f"--config {path!r}: '{key}' must be a JSON object of model "
+                             f"settings, not {type(config[key]).__name__}.")
+    temperature = config.get("temperature")
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(
+            temperature, (int, float)) or not (0 <= temperature < float("inf"))):
+        raise InputError(f"--config {path!r}: 'temperature' must be a number >= 0, not "
+                         f"{temperature!r}.")
     return config
+
+
+def _check_checkpoint_arg(flag, path):
+    import stat
+
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        raise InputError(f"{flag} {path!r} does not exist.") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{flag} {path!r} is a folder, not a .npz checkpoint.")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{flag} {path!r} is not a regular file (a device, pipe or socket).")
+    if st.st_size == 0:
+        raise InputError(f"{flag} {path!r} is empty (0 bytes), not a .npz checkpoint.")
+
+
+def _check_convert_out(out, inputs, overwrite):
+    """-o: a folder (or a path to make one at), which --overwrite must not
+    delete an input with."""
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise InputError(f"-o {out!r} exists and is not a folder.")
+    if not os.path.exists(out):
+        above = _nearest_existing(out)
+        if not os.path.isdir(above):
+            raise InputError(f"-o {out!r}: {above!r} is a file, not a folder.")
+        return
+    if overwrite:
+        real_out = os.path.realpath(out)
+        for flag, path in inputs:
+            real = os.path.realpath(path)
+            if os.path.commonpath([real_out, real]) == real_out:
+                raise InputError(f"-o {out!r} holds {flag} {path!r}: --overwrite would delete it; "
+                                 "write the preset to another folder.")
+
+
+def _name_inputs(error, inputs, out):
+    """`error`'s message, naming the checkpoint files when it names no file."""
+    message = one_line(error)
+    if not isinstance(error, (ValueError, OSError)):
+        message = f"{type(error).__name__}: {message}"
+    named = [os.path.basename(p) for _, p in inputs] + [os.path.abspath(out), os.fspath(out)]
+    if any(name and name in message for name in named):
+        return message
+    named = ", ".join(f"{flag} {p!r}" for flag, p in inputs)
+    return f"cannot convert {named}: {message.rstrip('.')}."
 
 
 def convert_command(args):
@@ -196,14 +264,22 @@ def convert_command(args):
         raise CommandError("give -o DIR (the output preset folder).")
     if spec is not None and not args.out:
         args.overwrite = True  # (re)installing a named preset in the cache
-    for flag, path in (("--stage1", args.stage1), ("--stage2", args.stage2)):
-        if path and not os.path.isfile(path):
-            raise InputError(f"{flag} {path!r} does not exist.")
-    out = convert_to_preset(
-        out, task, args.stage1, stage1_config, stage2_path=args.stage2, lm_config=lm_config,
-        task_config=task_config, temperature=temperature, info=info, overwrite=args.overwrite,
-        progress=None if args.quiet else _ConvertProgress(),
-    )
+    inputs = [(flag, path) for flag, path in (("--stage1", args.stage1), ("--stage2", args.stage2))
+              if path]
+    for flag, path in inputs:
+        _check_checkpoint_arg(flag, path)
+    _check_convert_out(out, inputs + ([("--config", args.config)] if args.config else []),
+                       args.overwrite)
+    try:
+        out = convert_to_preset(
+            out, task, args.stage1, stage1_config, stage2_path=args.stage2, lm_config=lm_config,
+            task_config=task_config, temperature=temperature, info=info, overwrite=args.overwrite,
+            progress=None if args.quiet else _ConvertProgress(),
+        )
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 (one line naming the checkpoint files)
+        raise InputError(_name_inputs(e, inputs, out)) from e
     kind = "complete UViM" if args.stage2 else "stage-I"
     loader = "UViM" if args.stage2 else "UViMStage1"
     handle = spec.name if (spec and not args.out) else out
@@ -248,47 +324,209 @@ class _ConvertProgress:
 
 
 # -- predict ------------------------------------------------------------------------
-def _output_stems(paths):
-    stems, seen = [], {}
-    for path in paths:
-        stem = os.path.splitext(os.path.basename(path))[0] or "image"
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        stems.append(stem if n == 0 else f"{stem}_{n}")
-    return stems
+class OutputError(InputError):
+    """An output that cannot be written (the message names the path):
+    exit status 1."""
 
 
-def predict_command(args):
-    import numpy as np
+def _output_stem(path):
+    stem = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+    return stem or "image"
 
-    from uvim_keras.presets.conversion import task_name
-    from uvim_keras.presets.images import (
-        OUTPUT_RESIZE,
-        prepare_image,
-        read_image,
-        resize_prediction,
-        shown_input,
-    )
-    from uvim_keras.presets.pictures import picture
 
+def _file_id(path):
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def output_names(images, out, suffixes=(".png", ".npz")):
+    """[(stem, reason)] per input image: distinct output stems (compared
+    case-insensitively, for file systems that are) none of whose files
+    `out/<stem><suffix>` is one of the input files. A stem is the image's
+    own name where it can be (the first image of each name keeps it); the
+    others get `_1`, `_2`, ... and `reason` says why (None when the name is
+    the image's own)."""
+    inputs = {i for i in (_file_id(p) for p in images) if i is not None}
+
+    def clobbers_input(stem):
+        return any(_file_id(os.path.join(out, stem + s)) in inputs for s in suffixes)
+
+    natural = [_output_stem(p) for p in images]
+    taken, names = set(), [None] * len(images)
+    for i, stem in enumerate(natural):  # each name's first image keeps it
+        if stem.casefold() not in taken and not clobbers_input(stem):
+            names[i] = (stem, None)
+            taken.add(stem.casefold())
+    for i, stem in enumerate(natural):
+        if names[i] is not None:
+            continue
+        if clobbers_input(stem):
+            reason = f"{os.path.join(out, stem)}.* would overwrite an input image"
+        else:
+            first = next(j for j, s in enumerate(natural) if s.casefold() == stem.casefold()
+                         and names[j] is not None and names[j][1] is None)
+            reason = f"{images[first]} has the same name"
+        k = 1
+        while f"{stem}_{k}".casefold() in taken or clobbers_input(f"{stem}_{k}"):
+            k += 1
+        names[i] = (f"{stem}_{k}", reason)
+        taken.add(f"{stem}_{k}".casefold())
+    return names
+
+
+def _nearest_existing(path):
+    """The nearest existing path above (or at) `path`."""
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def prepare_output_folder(out, flag="-o"):
+    """Makes sure a file can be written in folder `out` (creating it and its
+    missing parents): raises `OutputError` naming `out` otherwise. Returns
+    the folders it created (deepest last), for `remove_created` when the
+    command fails before writing anything."""
+    import tempfile
+
+    if not out:
+        raise CommandError(f"{flag} '': an empty path.")
+    if os.path.lexists(out) and not os.path.exists(out):
+        raise OutputError(f"{flag} {out!r} is a broken symbolic link.")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise OutputError(f"{flag} {out!r} exists and is not a folder.")
+    created = []
+    if not os.path.exists(out):
+        above = _nearest_existing(out)
+        if not os.path.isdir(above):
+            raise OutputError(f"{flag} {out!r}: {above!r} is a file, not a folder.")
+        missing, path = [], os.path.abspath(out)
+        while path != above:
+            missing.append(path)
+            path = os.path.dirname(path)
+        for path in reversed(missing):
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                remove_created(created)
+                raise OutputError(
+                    f"{flag} {out!r}: cannot create the folder {path!r} ({e.strerror or e}).") from None
+            created.append(path)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".uvim-keras-write-check-", dir=out)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        remove_created(created)
+        raise OutputError(f"{flag} {out!r}: cannot write files in this folder "
+                          f"({e.strerror or e}).") from None
+    return created
+
+
+def remove_created(created):
+    """Removes the (empty) folders `prepare_output_folder` created."""
+    for path in reversed(created):
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+
+
+def _umask():
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
+def write_atomically(path, write):
+    """Writes `path` through `write(file)` into a temporary file beside it,
+    flushed to disk (fsync), then renamed over `path` (os.replace): a
+    failure (a full disk, ...) leaves `path` as it was and no temporary file;
+    it raises `OutputError` naming `path`."""
+    import tempfile
+
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # as a plain open() would
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        raise OutputError(f"cannot write {path!r}: {e.strerror or e}.") from None
+    finally:
+        if tmp is not None:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+
+
+def _check_predict_args(args):
+    import math
+
+    if not args.images:
+        raise CommandError("no IMAGE given: name at least one image file.")
+    if any(p == "" for p in args.images):
+        raise CommandError("IMAGE '': an empty path.")
     if args.samples < 1:
         raise CommandError(f"--samples {args.samples}: expected a positive number.")
-    if args.temperature is not None and not (args.temperature >= 0 and np.isfinite(args.temperature)):
+    if args.temperature is not None and not (
+            math.isfinite(args.temperature) and args.temperature >= 0):
         raise CommandError(f"--temperature {args.temperature}: expected a finite value >= 0.")
     if args.batch_size < 1:
         raise CommandError(f"--batch-size {args.batch_size}: expected a positive number.")
+    if args.seed is not None and args.seed < 0:
+        raise CommandError(f"--seed {args.seed}: expected a number >= 0.")
+    if not args.preset:
+        raise CommandError("--preset '': expected a preset name, folder or hf://org/name.")
+    if not args.out:
+        raise CommandError("-o '': an empty path.")
+
+
+def predict_command(args):
+    """Every check that needs no model comes first (arguments, images, the
+    output folder, the preset folder's files), so a failure costs no model
+    load and leaves nothing behind; outputs are written atomically."""
+    import numpy as np
+
+    _check_predict_args(args)
+    from uvim_keras.presets.images import read_image
+
     raw = [read_image(p) for p in args.images]  # fail on bad images before loading a model
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise InputError(f"-o {args.out!r} exists and is not a folder.")
-    uvim = _load_uvim(args.preset, progress=not args.quiet)
+    names = output_names(args.images, args.out)
+    created = prepare_output_folder(args.out)
+    try:
+        uvim = _load_uvim(args.preset, progress=not args.quiet)
+        _predict(args, uvim, raw, names, np)
+    except BaseException:
+        remove_created(created)  # the folders it made, when they are still empty
+        raise
+
+
+def _predict(args, uvim, raw, names, np):
+    from uvim_keras.presets.conversion import task_name
+    from uvim_keras.presets.images import OUTPUT_RESIZE, prepare_image, resize_prediction, shown_input
+    from uvim_keras.presets.pictures import picture
+
     task = task_name(uvim.task)
     grey = task == "colorization"
     size = tuple(int(n) for n in uvim.input_size)
     resize_back = task in OUTPUT_RESIZE
-    os.makedirs(args.out, exist_ok=True)
     temperature = uvim.default_temperature if args.temperature is None else args.temperature
     config = uvim.task.get_config()
-    stems = _output_stems(args.images)
     if resize_back:
         print(f"model input size {size[0]}x{size[1]}: each image is resized to it and its "
               f"output is resized back to the image's own height and width "
@@ -296,13 +534,14 @@ def predict_command(args):
     else:
         print(f"model input size {size[0]}x{size[1]}: outputs of task {task!r} are written "
               "at that size")
+    written = 0
     for start in range(0, len(raw), args.batch_size):
         chunk = raw[start:start + args.batch_size]
         batch = np.stack([prepare_image(img, size, grey) for img in chunk])
         seed = None if args.seed is None else args.seed + start
         out = uvim.sample(batch, num_samples=args.samples, temperature=temperature, seed=seed)
         for i, img in enumerate(chunk):
-            stem = stems[start + i]
+            stem, renamed = names[start + i]
             original = tuple(img.shape[:2])
             if resize_back:
                 prediction = resize_prediction(np.asarray(out[i]), original, task)
@@ -312,21 +551,96 @@ def predict_command(args):
                 shown = ((batch[i] + 1.0) * 127.5).round().clip(0, 255).astype("uint8")
             npz_path = os.path.join(args.out, stem + ".npz")
             png_path = os.path.join(args.out, stem + ".png")
-            np.savez_compressed(
-                npz_path, prediction=prediction, input=shown, original_size=np.array(original),
+            arrays = dict(
+                prediction=prediction, input=shown, original_size=np.array(original),
                 model_size=np.array(size), temperature=np.float32(temperature),
                 seed=np.int64(seed if seed is not None else -1),
                 task=np.array(task), preset=np.array(str(args.preset)),
             )
-            picture(task, shown, list(prediction), task_config=config).save(png_path)
+            image = picture(task, shown, list(prediction), task_config=config)
+            done = []
+            try:
+                write_atomically(npz_path, lambda f: np.savez_compressed(f, **arrays))
+                done.append(npz_path)
+                write_atomically(png_path, lambda f: image.save(f, format="PNG"))
+            except OutputError as e:
+                state = (f"outputs of {written} of {len(raw)} images written before"
+                         if written else "no image's outputs written before")
+                if done:
+                    state += f"; {done[0]} was written"
+                raise OutputError(f"{str(e).rstrip('.')} ({state}).") from None
+            written += 1
+            note = f" (renamed: {renamed})" if renamed else ""
             print(f"{args.images[start + i]} ({original[0]}x{original[1]}) -> {png_path}, "
-                  f"{npz_path}")
+                  f"{npz_path}{note}")
 
 
 def _load_uvim(preset, progress):
+    """`UViM.from_preset(preset)` after `check_preset_folder` on a local
+    folder; an error of the loader that is not one of uvim-keras' own
+    (keras, keras-hub, h5py, json) becomes a `PresetLoadError` on one line
+    naming the preset."""
     from uvim_keras.models.uvim import UViM
+    from uvim_keras.presets.folder_checks import (
+        PresetFolderError,
+        check_preset_folder,
+        local_preset_folder,
+    )
 
-    return UViM.from_preset(preset, progress=progress)
+    folder = local_preset_folder(preset)
+    if folder is not None:
+        try:
+            check_preset_folder(folder, "uvim")
+        except PresetFolderError as e:
+            if os.fspath(preset) == folder or "://" in os.fspath(preset):
+                raise
+            from uvim_keras.presets.bundled import bundled_preset
+
+            if bundled_preset(os.fspath(preset)) is not None:
+                raise PresetFolderError(f"{e} (the bundled preset {preset!r}: reinstall "
+                                        "uvim-keras)") from e
+            raise PresetFolderError(
+                f"{str(e).rstrip('.')}. This is the cached conversion of the named preset "
+                f"{preset!r}: uvim_keras.presets.remove_preset({preset!r}) removes it, and the "
+                "next use downloads and converts it again.") from e
+    try:
+        return UViM.from_preset(preset, progress=progress)
+    except Exception as e:  # noqa: BLE001
+        if _own_error(e):
+            raise
+        where = f"{preset!r}" + (f" ({folder})" if folder and folder != preset else "")
+        raise PresetLoadError(f"cannot load preset {where}: {_short_reason(e)}") from e
+
+
+class PresetLoadError(InputError):
+    """A preset that keras-hub or Keras cannot load: exit status 1."""
+
+
+def _own_error(error):
+    """Errors whose message uvim-keras wrote for the user (they name the preset)."""
+    from uvim_keras.presets import DownloadError, PresetError
+
+    own = (PresetError, DownloadError, InputError)
+    try:
+        from uvim_keras.convert import ConversionError
+
+        own += (ConversionError,)
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(error, own) or (isinstance(error, ImportError) and "pip install" in str(error))
+
+
+def _short_reason(error, limit=300):
+    """An exception's message on one line, at most about `limit` characters
+    (cut at a sentence end), with its type unless it is a ValueError or
+    OSError."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if len(text) > limit:
+        cut = text.rfind(". ", 0, limit)
+        text = text[:cut + 1] if cut > 40 else text[:limit - 3] + "..."
+    if not isinstance(error, (ValueError, OSError)):
+        text = f"{type(error).__name__}: {text}"
+    return text.rstrip(".") + "."
 
 
 def one_line(error, limit=1500):

@@ -210,6 +210,10 @@ def stage1_variable_map(model):
 
 def lm_variable_map(lm):
     """{big_vision name: variable} for every weight of a `GuidingCodeLM`."""
+    if not getattr(lm, "autoregressive", True):
+        raise ValueError(
+            "lm has autoregressive=False; big_vision's checkpoints (and their variable "
+            "names) exist for the autoregressive guiding-code LM only.")
     out = _dense("params/EmbedPatches", lm.image_embedding.conv)
     out.update(_posemb("params/pos_embedding_encoder", lm.encoder_posemb))
     out.update(_vit_encoder("params/encoder", lm.encoder))
@@ -261,6 +265,27 @@ def _stored_shape(source, key):
     return tuple(np.shape(source[key]))
 
 
+def _checked_array(key, raw, dtype):
+    """`raw` as `dtype`, refusing what is not a checkpoint array: non-real
+    dtypes (complex, bool, strings, objects) and non-finite values (NaN,
+    inf, or values the model's dtype cannot hold)."""
+    raw = np.asarray(raw)
+    if raw.dtype.kind not in "fiu":
+        what = "complex" if raw.dtype.kind == "c" else "not real numbers"
+        raise ConversionError(f"checkpoint array {key!r} has dtype {raw.dtype} ({what}); "
+                              "a UViM checkpoint holds real numbers only.")
+    if raw.dtype.kind == "f":
+        bad = raw.size - int(np.count_nonzero(np.isfinite(raw)))
+        if bad:
+            raise ConversionError(f"checkpoint array {key!r} has {bad} non-finite values (NaN or "
+                                  f"inf) of {raw.size}: the file is damaged.")
+    value = raw.astype(dtype, copy=False)
+    if value.dtype.kind == "f" and raw.size and not np.isfinite(value).all():
+        raise ConversionError(f"checkpoint array {key!r} has values outside the range of "
+                              f"{np.dtype(dtype).name}.")
+    return value
+
+
 def load_big_vision_weights(model, checkpoint):
     """Assigns a big_vision checkpoint (path or name->array mapping) to `model`.
 
@@ -298,7 +323,7 @@ def load_big_vision_weights(model, checkpoint):
             + (f"\n  wrong shapes: {wrong}" if wrong else "")
         )
     for name, var in targets.items():
-        value = np.asarray(source[names[name]], dtype=var.dtype)
+        value = _checked_array(names[name], source[names[name]], var.dtype)
         if tuple(value.shape) != tuple(var.shape):
             raise ConversionError(
                 f"{name}: checkpoint shape {value.shape}, model {tuple(var.shape)}."

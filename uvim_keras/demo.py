@@ -21,7 +21,6 @@ import time
 
 import numpy as np
 
-from uvim_keras import visualize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,24 +239,79 @@ HEADLINE = {"panoptic": ("PQ", "higher"), "depth": ("RMSE", "lower"),
 
 
 # -- pictures -----------------------------------------------------------------------
-def _picture(task_name, task, array):
-    if task_name == "panoptic":
-        return visualize.panoptic_to_rgb(array, task.num_classes)
-    if task_name == "depth":
-        depth = array[..., 0] if array.ndim == 3 else array
-        return visualize.depth_to_rgb(depth, task.min_depth, task.max_depth)
-    return visualize.image_to_uint8(array)
+def _figure(path, task_name, task, data, columns, *, seed, metrics, rows=6):
+    """The held-out examples: input, truth and each model's output, with the
+    models' scores over their columns and the class legend / depth scale."""
+    from uvim_keras.presets.pictures import demo_figure
+
+    head, better = HEADLINE[task_name]
+    scores = {name: values[head] for name, values in metrics.items() if name in columns}
+    if task_name == "colorization":
+        scores["truth"] = next(iter(metrics.values()))["colourfulness_ground_truth"]
+    notes = [f"Scores: {head} on all {len(data['image'])} held-out images ({better} is better).",
+             "no code: the base model alone; oracle code: the code made from the ground truth; "
+             "UViM: the code the language model predicts; T=1 samples: sampled codes."]
+    demo_figure(data["image"], data["labels"], columns, task,
+                title=f"UViM demo: synthetic {task_name}, held-out images, seed {seed}",
+                scores=scores, metric=head, notes=notes, rows=rows).save(path)
 
 
-def _figure(path, task_name, task, data, columns, rows=6):
-    titles = ["input", "truth"] + list(columns)
-    tiles = []
-    for i in range(min(rows, len(data["image"]))):
-        row = [visualize.image_to_uint8(data["image"][i]),
-               _picture(task_name, task, data["labels"][i])]
-        row += [_picture(task_name, task, columns[c][i]) for c in columns]
-        tiles.append(row)
-    visualize.grid(tiles, titles=titles).save(path)
+# -- progress -----------------------------------------------------------------------
+#: Cost of one training step of each stage relative to one step of the no-code
+#: model, measured on the default panoptic run (JAX, CPU); used only to
+#: estimate the time left before a stage has run.
+STEP_COST = {"no code": 1.0, "stage I": 1.3, "stage II": 1.5}
+
+
+def _clock(seconds):
+    seconds = int(round(max(seconds, 0)))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class _Plan:
+    """The training stages of a run, with a running estimate of the time left.
+
+    The estimate takes the measured time per step of the stage under way
+    (from its second epoch on, so compilation does not count) and scales it
+    by `STEP_COST` for the stages still to come; before any epoch has been
+    timed it says nothing."""
+
+    def __init__(self, stages, say):
+        self.steps = dict(stages)  # stage -> training steps
+        self.say = say
+        self.start = time.time()
+        self.per_unit = None  # seconds per no-code-step equivalent
+
+    def remaining(self, stage, steps_done):
+        if self.per_unit is None:
+            return None
+        names = list(self.steps)
+        later = names[names.index(stage) + 1:]
+        units = (self.steps[stage] - steps_done) * STEP_COST[stage]
+        units += sum(self.steps[s] * STEP_COST[s] for s in later)
+        return units * self.per_unit
+
+    def callback(self, stage, epochs):
+        import keras
+
+        plan = self
+
+        class Progress(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.t_epoch = time.time()
+
+            def on_epoch_end(self, epoch, logs=None):
+                steps_per_epoch = plan.steps[stage] // epochs
+                if epoch > 0 or epochs == 1:  # the first epoch pays the compilation
+                    per_step = (time.time() - self.t_epoch) / max(steps_per_epoch, 1)
+                    plan.per_unit = per_step / STEP_COST[stage]
+                left = plan.remaining(stage, (epoch + 1) * steps_per_epoch)
+                eta = "" if left is None else f", about {_clock(left)} left"
+                loss = f"loss {logs['loss']:.3f}, " if logs and "loss" in logs else ""
+                plan.say(f"    {stage}: epoch {epoch + 1}/{epochs}, {loss}"
+                         f"{_clock(time.time() - plan.start)} elapsed{eta}", flush=True)
+
+        return Progress()
 
 
 # -- the run ------------------------------------------------------------------------
@@ -272,10 +326,24 @@ def run_demo(task="panoptic", out="uvim_demo", seed=0, quick=False, config=None,
 
     config = config or demo_config(task, quick)
     _check_args(task, seed, out, config)
-    say = print if verbose else (lambda *a, **k: None)
-    fit_verbose = 1 if verbose else 0
-    timings = {}
     t0 = time.time()
+
+    def say(*args, **kwargs):
+        if verbose:
+            print(*args, **kwargs)
+
+    def headline(text):
+        say(f"{text} [{_clock(time.time() - t0)} elapsed]")
+
+    timings = {}
+    steps = {name: epochs * (config.train_examples // config.batch_size) for name, epochs in (
+        ("no code", config.stage1_epochs), ("stage I", config.stage1_epochs),
+        ("stage II", config.stage2_epochs))}
+    plan = _Plan(steps, say)
+
+    def fit(model, data, stage, epochs):
+        return model.fit(data, batch_size=config.batch_size, epochs=epochs, verbose=0,
+                         shuffle=True, callbacks=[plan.callback(stage, epochs)]).history
 
     say(f"[1/5] generating {config.train_examples} + {config.eval_examples} synthetic "
         f"{task} examples at {config.size}x{config.size}")
@@ -283,36 +351,33 @@ def run_demo(task="panoptic", out="uvim_demo", seed=0, quick=False, config=None,
     held_out = make_synthetic(task, config.eval_examples, size=config.size, seed=seed + 10_000)
     task_obj = _make_task(task)
 
-    say("[2/5] training the base model without a code (the 'no oracle' ablation)")
+    headline("[2/5] training the base model without a code (the 'no oracle' ablation)")
     t = time.time()
     baseline = _stage1(task_obj, config, seed, zero_code=True)
     baseline.compile(optimizer=_schedule(config, config.stage1_epochs, config.train_examples))
-    baseline.fit(train, batch_size=config.batch_size, epochs=config.stage1_epochs,
-                 verbose=fit_verbose, shuffle=True)
+    fit(baseline, train, "no code", config.stage1_epochs)
     timings["no_code_train_s"] = time.time() - t
 
-    say("[3/5] training stage I: oracle + vector quantizer + code dropout + base model")
+    headline("[3/5] training stage I: oracle + vector quantizer + code dropout + base model")
     t = time.time()
     stage1 = _stage1(task_obj, config, seed + 1)
     if config.base_init_from_no_code:
         stage1.base_model.set_weights(baseline.base_model.get_weights())
     stage1.compile(optimizer=_schedule(config, config.stage1_epochs, config.train_examples))
-    hist1 = stage1.fit(train, batch_size=config.batch_size, epochs=config.stage1_epochs,
-                       verbose=fit_verbose, shuffle=True).history
+    hist1 = fit(stage1, train, "stage I", config.stage1_epochs)
     timings["stage1_train_s"] = time.time() - t
 
-    say("[4/5] training stage II: the guiding-code LM on the frozen oracle's codes")
+    headline("[4/5] training stage II: the guiding-code LM on the frozen oracle's codes")
     t = time.time()
     codes = _batched(lambda b: _to_numpy(stage1.encode(b)), train, 256)
     lm = _lm(config, seed + 2)
     if config.lm_init_from_no_code:
         init_lm_encoder_from_base_model(lm, baseline.base_model)
     lm.compile(optimizer=_schedule(config, config.stage2_epochs, config.train_examples))
-    hist2 = lm.fit({"image": train["image"], "codes": codes}, batch_size=config.batch_size,
-                   epochs=config.stage2_epochs, verbose=fit_verbose, shuffle=True).history
+    hist2 = fit(lm, {"image": train["image"], "codes": codes}, "stage II", config.stage2_epochs)
     timings["stage2_train_s"] = time.time() - t
 
-    say("[5/5] evaluating on the held-out split")
+    headline("[5/5] evaluating on the held-out split")
     t = time.time()
     uvim = UViM.from_stage1(lm, stage1)
     greedy = _batched(lambda b: uvim.predict(b["image"], verbose=0, temperature=0.0), held_out, 64)
@@ -335,7 +400,7 @@ def run_demo(task="panoptic", out="uvim_demo", seed=0, quick=False, config=None,
     columns = dict(predictions)
     columns["T=1 sample a"] = samples[:, 0]
     columns["T=1 sample b"] = samples[:, 1]
-    _figure(figure, task, task_obj, held_out, columns)
+    _figure(figure, task, task_obj, held_out, columns, seed=seed, metrics=metrics)
     report = {
         "task": task,
         "seed": seed,

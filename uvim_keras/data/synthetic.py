@@ -41,6 +41,13 @@ from uvim_keras.data.synthetic_panoptic import (
     PANOPTIC_NUM_CLASSES, make_panoptic_shapes, render_panoptic,
     sample_panoptic_scenes)
 
+#: Names of the synthetic panoptic classes 0..5 (0 = void), PanopticTask's
+#: `class_names`: pictures of predictions name the classes with them.
+PANOPTIC_CLASS_NAMES = ("void",) + tuple(
+    c["name"] for c in sorted(PANOPTIC_CATEGORIES, key=lambda c: c["id"]))
+assert [c["id"] for c in sorted(PANOPTIC_CATEGORIES, key=lambda c: c["id"])] == list(
+    range(1, PANOPTIC_NUM_CLASSES))
+
 #: Per task: generator (num_examples, size=64, seed=0, start=0, ...) -> dict of
 #: numpy arrays; label format; kwargs for ``uvim_keras.tasks.get_task``.
 SYNTHETIC_TASKS = {
@@ -53,7 +60,8 @@ SYNTHETIC_TASKS = {
         "label_dtype": "int32",
         "label_channels": 2,
         "task_kwargs": {"num_classes": PANOPTIC_NUM_CLASSES,
-                        "max_instances": PANOPTIC_MAX_OBJECTS + 3},
+                        "max_instances": PANOPTIC_MAX_OBJECTS + 3,
+                        "class_names": PANOPTIC_CLASS_NAMES},
         "categories": PANOPTIC_CATEGORIES,
     },
     "depth": {
@@ -154,8 +162,8 @@ def synthetic_dataset(task, num_examples, batch_size=None, size=64, seed=0, shuf
 
 __all__ = [
     "COLOR_PALETTE", "LUMA_WEIGHTS", "MAX_DEPTH", "MIN_DEPTH", "PALETTE_LUMINANCE",
-    "PANOPTIC_CATEGORIES", "PANOPTIC_NUM_CLASSES", "SYNTHETIC_TASKS", "analytic_depth",
-    "as_tf_dataset", "luminance", "make_colorization_shapes", "make_depth_scenes",
+    "PANOPTIC_CATEGORIES", "PANOPTIC_CLASS_NAMES", "PANOPTIC_NUM_CLASSES", "SYNTHETIC_TASKS",
+    "analytic_depth", "as_tf_dataset", "luminance", "make_colorization_shapes", "make_depth_scenes",
     "make_panoptic_shapes", "make_synthetic", "render_colorization", "render_depth",
     "render_panoptic", "sample_colorization_scenes", "sample_depth_scenes",
     "sample_panoptic_scenes", "synthetic_dataset",

@@ -50,7 +50,7 @@ class PositionEmbedding(keras.layers.Layer):
             self.embedding = self.add_weight(
                 name="embedding",
                 shape=(1, n, width),
-                initializer=keras.initializers.RandomNormal(stddev=1 / np.sqrt(width)),
+                initializer=keras.initializers.RandomNormal(stddev=float(1 / np.sqrt(width))),
             )
         else:
             self._fixed = sincos2d_posemb(*self.grid_size, width)

@@ -17,6 +17,7 @@ precision and a quantized model's `DTypePolicyMap` reach every layer.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 LAYER_NORM_EPSILON = 1e-6
@@ -360,17 +361,25 @@ class DecoderBlock(keras.layers.Layer):
       num_heads: attention heads.
       mlp_dim: hidden width of the MLP.
       dropout: dropout rate (attention weights, MLP, residual branches).
+      causal: True (default): position i attends to positions <= i only, as
+        an autoregressive decoder needs. False: every position attends to
+        every other (the non-autoregressive LM, `GuidingCodeLM(...,
+        autoregressive=False)`); such a block has no `decode_step`.
 
     Example:
     >>> block = DecoderBlock(num_heads=2, mlp_dim=64)
     >>> y = block(keras.ops.ones((2, 4, 32)), keras.ops.ones((2, 16, 32)))
+    >>> parallel = DecoderBlock(num_heads=2, mlp_dim=64, causal=False)
     """
 
-    def __init__(self, num_heads, mlp_dim, dropout=0.0, **kwargs):
+    def __init__(self, num_heads, mlp_dim, dropout=0.0, causal=True, **kwargs):
         super().__init__(**kwargs)
+        if not isinstance(causal, (bool, np.bool_)):
+            raise ValueError(f"causal={causal!r}: expected True or False.")
         self.num_heads = num_heads
         self.mlp_dim = mlp_dim
         self.dropout = dropout
+        self.causal = bool(causal)
         policy = self.dtype_policy
         self.norm_1 = layer_norm("norm_1", policy)
         self.self_attention = MultiHeadDotProductAttention(
@@ -384,19 +393,21 @@ class DecoderBlock(keras.layers.Layer):
         self.mlp = MlpBlock(mlp_dim, dropout=dropout, name="mlp", dtype=policy)
         self.drop = keras.layers.Dropout(dropout, dtype=policy)
 
-    def build(self, targets_shape, encoded_shape=None):
-        encoded_shape = targets_shape if encoded_shape is None else encoded_shape
+    def build(self, x_shape, encoded_shape=None):
+        # Named after `call`'s arguments, so Keras builds the block on its first call.
+        encoded_shape = x_shape if encoded_shape is None else encoded_shape
         for layer in (self.norm_1, self.norm_2, self.norm_3, self.mlp):
-            layer.build(targets_shape)
-        self.self_attention.build(targets_shape)
-        self.cross_attention.build(targets_shape, encoded_shape)
+            layer.build(x_shape)
+        self.self_attention.build(x_shape)
+        self.cross_attention.build(x_shape, encoded_shape)
         self.built = True
 
     def call(self, x, encoded, training=None):
-        length = ops.shape(x)[1]
-        pos = ops.arange(length)
-        causal = ops.expand_dims(pos[:, None] >= pos[None, :], 0)[:, None]
-        y = self.self_attention(self.norm_1(x), attention_mask=causal, training=training)
+        mask = None
+        if self.causal:
+            pos = ops.arange(ops.shape(x)[1])
+            mask = ops.expand_dims(pos[:, None] >= pos[None, :], 0)[:, None]
+        y = self.self_attention(self.norm_1(x), attention_mask=mask, training=training)
         x = x + self.drop(y, training=training)
         y = self.cross_attention(self.norm_2(x), encoded, training=training)
         x = x + self.drop(y, training=training)
@@ -427,6 +438,10 @@ class DecoderBlock(keras.layers.Layer):
         Returns:
           (y, cache_k, cache_v) with the caches updated at `index`.
         """
+        if not self.causal:
+            raise ValueError(
+                f"{self.name}: decode_step needs a causal block (causal=True); a block with "
+                "causal=False decodes every position at once with `call`.")
         sa, ca = self.self_attention, self.cross_attention
         batch, heads, head_dim = ops.shape(x)[0], self.num_heads, sa.head_dim
 
@@ -455,6 +470,7 @@ class DecoderBlock(keras.layers.Layer):
             "num_heads": self.num_heads,
             "mlp_dim": self.mlp_dim,
             "dropout": self.dropout,
+            "causal": self.causal,
         }
 
 

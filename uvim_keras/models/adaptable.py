@@ -16,12 +16,20 @@ model needs on top:
   sublayers, so the map reaches them when the model is built from that config.
 * **LoRA** on the attention query and value projections, keras-hub's
   `Backbone.enable_lora` API (`enable_lora`, `default_lora_layer_names`).
+
+It also makes `fit` never train silently on bad data: a step whose loss is
+NaN/inf is not applied and stops training with `NonFiniteLossError`
+(`stop_on_nan`, see `AdaptableModel.fit` and `uvim_keras.training.nonfinite`),
+and the labels of a task model are checked (in-memory arrays up front,
+`tf.data` batches in the pipeline, compiled steps through the task's loss).
 """
 
 import gc
+import sys
 import warnings
 
 import keras
+import numpy as np
 
 # Keras warns once per layer it cannot quantize (norms, convolutions, position
 # embeddings, the codebook, ...); they stay in float by design.
@@ -134,5 +142,115 @@ class AdaptableModel(keras.Model):
         """
         return enable_lora(self, rank, target_layer_names, lora_alpha)
 
+    # -- training: never silently on NaN or bad labels --------------------------
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+            *args, stop_on_nan=True, **kwargs):
+        """`keras.Model.fit`, which by default stops at a non-finite loss.
+
+        With `stop_on_nan=True` (the default) a step whose loss is NaN or
+        infinite is not applied (weights, optimizer state, VQ dictionary and
+        counts stay as they were before it; `uvim_keras.training.nonfinite`)
+        and training stops with `uvim_keras.training.NonFiniteLossError`
+        naming the step, the loss and what to check. `stop_on_nan=False`
+        trains with Keras' own step and no stop (NaN weights and all).
+
+        A model with a task (`UViMStage1`) checks its labels too: in-memory
+        arrays (`x={"image": ..., "labels": ...}`) before training, every
+        batch of a `tf.data.Dataset` inside the pipeline (one min/max pass per
+        batch, off the training step); ValueError names the range found.
+        Other data sources (generators, `PyDataset`) are checked by the
+        task's loss in the compiled step: labels it cannot encode make the
+        loss NaN, which stops training as above. The other arguments are
+        `keras.Model.fit`'s.
+        """
+        from uvim_keras.training.nonfinite import StopOnNonFinite
+
+        stop_on_nan = bool(stop_on_nan)
+        if stop_on_nan and callbacks is not None and not isinstance(callbacks, (list, tuple)):
+            raise ValueError(
+                f"callbacks of type {type(callbacks).__name__}: pass a list (fit adds its stop "
+                "on a non-finite loss to it), or stop_on_nan=False.")
+        if getattr(self, "_stop_on_nan", True) != stop_on_nan:
+            self.train_function = None  # traced with the guard (or without)
+        self._stop_on_nan = stop_on_nan
+        callbacks = list(callbacks or [])
+        if stop_on_nan:
+            existing = [c for c in callbacks if isinstance(c, StopOnNonFinite)]
+            for c in existing:
+                if c.note is None:
+                    c.note = non_finite_note
+            if not existing:
+                callbacks.insert(0, StopOnNonFinite(note=non_finite_note))
+        task = getattr(self, "task", None)
+        labels_error = {}
+        if task is not None and hasattr(task, "check_label_values"):
+            x = _checked_labels(task, x, labels_error)
+        try:
+            return super().fit(x, y, batch_size, epochs, verbose, callbacks, *args, **kwargs)
+        except Exception as e:
+            if "error" in labels_error:  # raised inside the tf.data pipeline
+                raise labels_error["error"] from None
+            raise e
+
+    def train_step(self, *args):
+        if not getattr(self, "_stop_on_nan", True):
+            return super().train_step(*args)
+        from uvim_keras.training.nonfinite import guarded_train_step
+
+        return guarded_train_step(self, super().train_step, *args)
+
     def get_config(self):
         return {**super().get_config(), "dtype": dtype_config(self)}
+
+
+def non_finite_note(model):
+    """The end of the `NonFiniteLossError` message of a uvim_keras model."""
+    parts = []
+    if getattr(model, "_stop_on_nan", False):
+        parts.append("The step was not applied: the model (weights, optimizer state, "
+                     "VQ dictionary) is as it was before it.")
+    task = getattr(model, "task", None)
+    hint = task.label_error_hint() if hasattr(task, "label_error_hint") else ""
+    if hint:
+        parts.append(f"{task!r} makes its loss NaN for labels it cannot encode: {hint}.")
+    parts.append("Check that batch for NaN/inf images or labels, or lower the learning rate; "
+                 "fit(..., stop_on_nan=False) trains on regardless.")
+    return " ".join(parts)
+
+
+def _checked_labels(task, x, holder):
+    """`x` with its labels checked: arrays now, a tf.data pipeline per batch
+    (a failing batch stores its ValueError in `holder["error"]`)."""
+    if isinstance(x, dict) and "labels" in x:
+        labels = x["labels"]
+        if isinstance(labels, np.ndarray) or keras.ops.is_tensor(labels):
+            task.check_labels(labels)
+        return x
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not isinstance(x, tf.data.Dataset):
+        return x
+    spec = x.element_spec
+    first = spec[0] if isinstance(spec, tuple) and spec else spec
+    if not isinstance(first, dict) or "labels" not in first:
+        return x
+
+    def check(labels):
+        try:
+            task.check_label_values(labels)
+        except ValueError as e:
+            holder.setdefault("error", ValueError(f"a batch of the dataset: {e}"))
+            return False
+        return True
+
+    def checked(*element):
+        inputs = element[0]
+        ok = tf.numpy_function(check, [inputs["labels"]], tf.bool)
+        ok = tf.debugging.Assert(ok, ["uvim_keras: labels out of range (fit raises ValueError)"])
+        with tf.control_dependencies([ok]):
+            inputs = {**inputs, "labels": tf.identity(inputs["labels"])}
+        return (inputs, *element[1:]) if len(element) > 1 else inputs
+
+    if isinstance(spec, tuple):
+        return x.map(checked, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return x.map(lambda inputs: checked(inputs), num_parallel_calls=tf.data.AUTOTUNE,
+                 deterministic=True)

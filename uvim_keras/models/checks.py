@@ -62,3 +62,64 @@ def check_codes(codes, code_len, dict_size, name="codes"):
             raise ValueError(
                 f"{name} range over [{lo}, {hi}]; expected codes in [0, {dict_size})."
             )
+
+
+#: How far float images may stray outside [-1, 1] (rounding of resizes and
+#: colour conversions) before they are refused.
+IMAGE_RANGE_TOLERANCE = 1e-3
+
+
+def _float_image_message(name, lo, hi):
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        found = "" if np.isnan(lo) or np.isnan(hi) else f" (found [{lo:.4g}, {hi:.4g}])"
+        return f"{name} has NaN or infinite values{found}; expected finite floats in [-1, 1]."
+    hint = ""
+    if hi > 1 + IMAGE_RANGE_TOLERANCE and lo >= -IMAGE_RANGE_TOLERANCE:
+        hint = (" (uint8 images are converted: pass them as uint8; floats in [0, 255] "
+                "become x / 127.5 - 1)")
+    return f"{name} has values in [{lo:.4g}, {hi:.4g}]; expected floats in [-1, 1]{hint}."
+
+
+def prepare_images(images, name="images"):
+    """Images for inference entry points (`UViM.predict`, `UViM.sample`,
+    `GuidingCodeLM.generate`): uint8 -> float32 in [-1, 1] (x / 127.5 - 1);
+    floats are returned as they are once one min/max pass has checked that
+    they are finite and in [-1, 1] (within `IMAGE_RANGE_TOLERANCE`); other
+    dtypes raise. ValueError names `name`, the range found and what was
+    expected.
+
+    numpy arrays are checked on the host; a backend tensor is reduced where
+    it lives (two scalars come back). Traced tensors (inside a compiled
+    function) are returned unchecked: the check is for the host-side entry
+    points, never inside the computation.
+    """
+    import keras
+
+    if not isinstance(images, np.ndarray) and not keras.ops.is_tensor(images):
+        images = np.asarray(images)
+    dtype = keras.backend.standardize_dtype(images.dtype)
+    if dtype == "uint8":
+        if isinstance(images, np.ndarray):
+            return images.astype("float32") / np.float32(127.5) - np.float32(1.0)
+        return keras.ops.cast(images, "float32") / 127.5 - 1.0
+    if "float" not in dtype:
+        raise ValueError(
+            f"{name} has dtype {dtype}; expected floats in [-1, 1] (or uint8 images in "
+            "[0, 255], which are converted).")
+    if not np.prod(images.shape or (1,)):
+        return images
+    if isinstance(images, np.ndarray):
+        # np.min/max propagate NaN; an infinity shows as a bound.
+        lo, hi = float(images.min()), float(images.max())
+    else:
+        try:
+            bounds = keras.ops.stack([keras.ops.min(images), keras.ops.max(images),
+                                      keras.ops.sum(images * 0)])  # NaN iff any NaN/inf
+            lo, hi, nan = (float(v) for v in keras.ops.convert_to_numpy(bounds))
+        except Exception:  # traced or symbolic: no values to check
+            return images
+        if not np.isfinite(nan):  # some reductions skip NaN (TensorFlow's min/max)
+            lo, hi = float("nan"), float("nan")
+    if not (lo >= -1 - IMAGE_RANGE_TOLERANCE and hi <= 1 + IMAGE_RANGE_TOLERANCE):
+        raise ValueError(_float_image_message(name, lo, hi))
+    return images

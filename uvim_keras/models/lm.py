@@ -8,7 +8,8 @@ from uvim_keras.backend import CompiledFunctions, compile_stateless
 from uvim_keras.layers import DecoderBlock, PatchEmbedding, PositionEmbedding, TransformerEncoder
 from uvim_keras.layers.transformer import layer_norm
 from uvim_keras.models.adaptable import AdaptableModel
-from uvim_keras.models.checks import check_codes, check_image, check_same_batch, grid_size, pair
+from uvim_keras.models.checks import (
+    check_codes, check_image, check_same_batch, grid_size, pair, prepare_images)
 from uvim_keras.models.sampling import decoding_noise, select_tokens
 
 BOS = 0
@@ -34,6 +35,22 @@ class GuidingCodeLM(AdaptableModel):
 
     Defaults are big_vision's ViT-L/16-sized LM of the released models.
 
+    `autoregressive=False` builds the paper's "no Autoreg." LM (UViM, Table 2):
+    the same encoder and decoder blocks, but the decoder's self-attention is
+    not causal and its input is a learned query per code position
+    (`decoder_queries`, (1, code_len, width)) instead of the shifted token
+    embeddings, so all code tokens are predicted at once from the image alone
+    (such an LM has no `token_embedding` and no `decoder_posemb`: the queries
+    are the decoder's position embedding; `posemb` applies to the image
+    encoder). Training (`fit`, the loss, the vocabulary with token 0 and the
+    logits layer) is as for the autoregressive LM; `generate` is one decoder
+    pass: argmax per position at temperature 0, else every token sampled
+    independently from its own softmax (top_k / top_p per position), with
+    the same noise, seeds, `mask_bos` and `num_samples` as the
+    autoregressive LM. `call` still takes `{"image", "codes"}` (the codes
+    feed the loss) but its logits do not depend on the codes. big_vision's
+    checkpoints (`uvim_keras.convert`) are autoregressive LMs only.
+
     Example:
     >>> lm = GuidingCodeLM(input_size=32, patch_size=8, code_len=16, dict_size=16,
     ...                    width=32, num_layers=2, num_heads=2, mlp_dim=64)
@@ -41,6 +58,24 @@ class GuidingCodeLM(AdaptableModel):
     >>> # lm.fit({"image": images, "codes": codes}, epochs=1)
     >>> codes = lm.generate(images)                    # greedy, (B, 16)
     >>> samples = lm.generate(images, num_samples=4, temperature=1.0, seed=0)
+    >>> # the "no Autoreg." ablation: all 16 tokens in one decoder pass
+    >>> parallel = GuidingCodeLM(input_size=32, patch_size=8, code_len=16,
+    ...                          dict_size=16, width=32, num_layers=2, num_heads=2,
+    ...                          mlp_dim=64, autoregressive=False)
+    >>> codes = parallel.generate(images)              # (B, 16), one pass
+
+    Args:
+      input_size: image size, an int or (height, width).
+      patch_size: the encoder's patch size, an int or (height, width).
+      code_len: tokens in a guiding code.
+      dict_size: codewords in the stage-I dictionary (`vocab_size` is one
+        more: token 0 is BOS).
+      width, num_layers, num_heads, mlp_dim: the encoder's and the decoder's
+        size (num_layers blocks each).
+      posemb: "learn" or "sincos2d" position embeddings.
+      dropout: dropout rate.
+      autoregressive: True (default): the autoregressive LM above. False:
+        the non-autoregressive LM (all tokens predicted at once, see above).
     """
 
     def __init__(
@@ -55,9 +90,12 @@ class GuidingCodeLM(AdaptableModel):
         mlp_dim=4096,
         posemb="learn",
         dropout=0.0,
+        autoregressive=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if not isinstance(autoregressive, (bool, np.bool_)):
+            raise ValueError(f"autoregressive={autoregressive!r}: expected True or False.")
         self.input_size = pair(input_size, "input_size")
         self.patch_size = pair(patch_size, "patch_size")
         self.grid_size = grid_size(self.input_size, self.patch_size)
@@ -70,6 +108,7 @@ class GuidingCodeLM(AdaptableModel):
         self.mlp_dim = int(mlp_dim)
         self.posemb = posemb
         self.dropout = float(dropout)
+        self.autoregressive = bool(autoregressive)
 
         policy = self.dtype_policy
         self.image_embedding = PatchEmbedding(
@@ -80,17 +119,23 @@ class GuidingCodeLM(AdaptableModel):
             self.num_layers, self.num_heads, self.mlp_dim, self.dropout, name="encoder",
             dtype=policy,
         )
-        self.token_embedding = keras.layers.Embedding(
-            self.vocab_size, self.width,
-            embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
-            name="token_embedding", dtype=policy,
-        )
-        self.decoder_posemb = PositionEmbedding(
-            posemb, (1, self.code_len), name="decoder_posemb", dtype=policy)
+        if self.autoregressive:
+            self.token_embedding = keras.layers.Embedding(
+                self.vocab_size, self.width,
+                embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
+                name="token_embedding", dtype=policy,
+            )
+            self.decoder_posemb = PositionEmbedding(
+                posemb, (1, self.code_len), name="decoder_posemb", dtype=policy)
+            self.decoder_queries = None
+        else:  # one learned query per position: the decoder's whole input
+            self.token_embedding = self.decoder_posemb = None
+            self.decoder_queries = PositionEmbedding(
+                "learn", (1, self.code_len), name="decoder_queries", dtype=policy)
         self.decoder_dropout = keras.layers.Dropout(self.dropout, dtype=policy)
         self.decoder_blocks = [
-            DecoderBlock(self.num_heads, self.mlp_dim, self.dropout, name=f"decoder_block_{i}",
-                         dtype=policy)
+            DecoderBlock(self.num_heads, self.mlp_dim, self.dropout, causal=self.autoregressive,
+                         name=f"decoder_block_{i}", dtype=policy)
             for i in range(self.num_layers)
         ]
         self.decoder_norm = layer_norm("decoder_norm", policy)
@@ -109,8 +154,11 @@ class GuidingCodeLM(AdaptableModel):
         self.image_embedding.build((None, *self.input_size, 3))
         self.encoder_posemb.build(img_tokens)
         self.encoder.build(img_tokens)
-        self.token_embedding.build((None, self.code_len))
-        self.decoder_posemb.build(seq)
+        if self.autoregressive:
+            self.token_embedding.build((None, self.code_len))
+            self.decoder_posemb.build(seq)
+        else:
+            self.decoder_queries.build(seq)
         for block in self.decoder_blocks:
             block.build(seq, img_tokens)
         self.decoder_norm.build(seq)
@@ -124,11 +172,20 @@ class GuidingCodeLM(AdaptableModel):
         x = self.image_embedding(ops.cast(image, self.compute_dtype))
         return self.encoder(self.encoder_posemb(x), training=training)
 
-    def decode(self, encoded, tokens, training=None):
-        """Teacher-forced logits (B, L, vocab) for LM tokens (B, L) (= code + 1)."""
-        tokens = ops.cast(tokens, "int32")
-        shifted = ops.pad(tokens, ((0, 0), (1, 0)))[:, :-1]
-        x = self.decoder_posemb(self.token_embedding(shifted))
+    def decode(self, encoded, tokens=None, training=None):
+        """Logits (B, L, vocab) from encoded images (B, G, width): teacher
+        forced on LM tokens (B, L) (= code + 1), or, for a non-autoregressive
+        LM, of all positions at once (`tokens` is not used and may be None)."""
+        if self.autoregressive:
+            if tokens is None:
+                raise ValueError(
+                    "tokens=None: an autoregressive LM decodes teacher-forced on the LM tokens "
+                    "(B, code_len) (= codes + 1).")
+            tokens = ops.cast(tokens, "int32")
+            shifted = ops.pad(tokens, ((0, 0), (1, 0)))[:, :-1]
+            x = self.decoder_posemb(self.token_embedding(shifted))
+        else:  # the queries, broadcast over the batch: (B, 1, 1) + (1, L, W)
+            x = self.decoder_queries(ops.zeros_like(encoded[:, :1, :1]))
         x = self.decoder_dropout(x, training=training)
         for block in self.decoder_blocks:
             x = block(x, encoded, training=training)
@@ -159,16 +216,50 @@ class GuidingCodeLM(AdaptableModel):
     def sample_codes(self, images, *, noise=None, temperature=0.0, top_k=0, top_p=0.0,
                      mask_bos=True, num_samples=1):
         """Guiding codes (B * num_samples, code_len) int32 for images
-        (B, H, W, 3), decoded token by token inside the computation (it
-        traces and compiles; `generate` is the checked, compiled entry point).
+        (B, H, W, 3), decoded inside the computation (it traces and compiles;
+        `generate` is the checked, compiled entry point): token by token, or
+        in one decoder pass for a non-autoregressive LM.
 
         Args:
           images: (B, H, W, 3) in [-1, 1].
           noise: Gumbel noise (code_len, B * num_samples, vocab_size) when
             `temperature` > 0 (`sampling.decoding_noise`), else None.
+            Position t of code row n uses noise[t, n] in both kinds of LM.
           temperature, top_k, top_p, mask_bos: as in `generate`.
           num_samples: codes per image; each image is encoded once.
         """
+        settings = dict(noise=noise, temperature=temperature, top_k=top_k, top_p=top_p,
+                        mask_bos=mask_bos, num_samples=num_samples)
+        if self.autoregressive:
+            tokens = self._sample_autoregressive(images, **settings)
+        else:
+            tokens = self._sample_parallel(images, **settings)
+        codes = tokens - 1
+        if not mask_bos:  # big_vision: code -1 indexes the last codeword
+            codes = ops.where(codes < 0, self.dict_size - 1, codes)
+        return codes
+
+    def _sample_parallel(self, images, *, noise, temperature, top_k, top_p, mask_bos,
+                         num_samples):
+        """LM tokens (B * num_samples, code_len) of a non-autoregressive LM:
+        one decoder pass per image (its logits do not depend on the sample),
+        every position's token selected independently."""
+        logits = self.decode(self.encode(images, training=False), training=False)
+        if num_samples > 1:
+            logits = ops.repeat(logits, num_samples, axis=0)
+        n = ops.shape(logits)[0]
+        flat_noise = None
+        if noise is not None:  # (L, N, V) -> rows (n, t), as `logits` flattened
+            flat_noise = ops.reshape(ops.transpose(ops.convert_to_tensor(noise), (1, 0, 2)),
+                                     (-1, self.vocab_size))
+        tokens = select_tokens(ops.reshape(logits, (-1, self.vocab_size)), flat_noise,
+                               temperature, top_k, top_p, mask_bos)
+        return ops.reshape(tokens, (n, self.code_len))
+
+    def _sample_autoregressive(self, images, *, noise, temperature, top_k, top_p, mask_bos,
+                               num_samples):
+        """LM tokens (B * num_samples, code_len), decoded token by token
+        with a self-attention key/value cache."""
         encoded = self.encode(images, training=False)
         if num_samples > 1:  # encode each image once, decode it num_samples times
             encoded = ops.repeat(encoded, num_samples, axis=0)
@@ -203,17 +294,17 @@ class GuidingCodeLM(AdaptableModel):
             caches,
         )
         _, tokens, _ = ops.fori_loop(0, self.code_len, step, init)
-        codes = tokens - 1
-        if not mask_bos:  # big_vision: code -1 indexes the last codeword
-            codes = ops.where(codes < 0, self.dict_size - 1, codes)
-        return codes
+        return tokens
 
     def generate(self, images, num_samples=1, temperature=0.0, top_k=0, top_p=0.0,
                  seed=None, mask_bos=True):
-        """Samples guiding codes for `images`.
+        """Samples guiding codes for `images`: token by token, or for a
+        non-autoregressive LM in a single decoder pass (every token selected
+        independently, with the same settings and seeds).
 
         Args:
-          images: (B, H, W, 3) in [-1, 1].
+          images: (B, H, W, 3) floats in [-1, 1] (checked: one min/max pass;
+            NaN/inf or values outside raise ValueError) or uint8 (converted).
           num_samples: codes per image.
           temperature: 0 = argmax (greedy; top_k and top_p then have no
             effect); > 0 samples from softmax(logits / T).
@@ -230,7 +321,7 @@ class GuidingCodeLM(AdaptableModel):
         """
         _check_sampling(num_samples, temperature, top_k, top_p, self.vocab_size)
         check_image(images, self.input_size)
-        images = ops.convert_to_tensor(images, self.compute_dtype)
+        images = ops.convert_to_tensor(prepare_images(images, "images"), self.compute_dtype)
         batch = images.shape[0]
         greedy = temperature == 0
         noise = None
@@ -258,6 +349,7 @@ class GuidingCodeLM(AdaptableModel):
             "mlp_dim": self.mlp_dim,
             "posemb": self.posemb,
             "dropout": self.dropout,
+            "autoregressive": self.autoregressive,
         }
 
 

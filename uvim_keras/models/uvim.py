@@ -9,7 +9,7 @@ from keras import ops
 from uvim_keras.backend import CompiledFunctions, compile_stateless, onnx_compatible_ops
 from uvim_keras.layers import VectorQuantizer
 from uvim_keras.models.adaptable import AdaptableModel
-from uvim_keras.models.checks import check_image
+from uvim_keras.models.checks import check_image, prepare_images
 from uvim_keras.models.lm import GuidingCodeLM
 from uvim_keras.models.oracle import BaseModel
 from uvim_keras.models.sampling import image_seeds, per_image_noise
@@ -201,11 +201,15 @@ class UViM(AdaptableModel):
     def sample(self, images, num_samples=1, temperature=None, seed=None, top_k=0, top_p=0.0):
         """`num_samples` outputs per image: (B, num_samples, ...) numpy.
 
+        `images`: (B, H, W, 3) floats in [-1, 1] or uint8 (converted), checked
+        as in `predict`.
+
         With an int `seed`, image i's samples are drawn with a seed made from
         (seed, i): the same image at the same position gives the same
         samples whatever else is in the batch."""
-        images = np.asarray(keras.ops.convert_to_numpy(images), "float32")
-        check_image(images, self.input_size)
+        images = np.asarray(keras.ops.convert_to_numpy(images))
+        check_image(images, self.input_size, name="images")
+        images = np.asarray(prepare_images(images, "images"), "float32")
         temperature = self.default_temperature if temperature is None else temperature
         seeds = None if seed is None else image_seeds(_checked_seed(seed), 0, len(images))
         codes = self.lm.generate(
@@ -225,6 +229,13 @@ class UViM(AdaptableModel):
         `keras.Model.predict` takes (an array (N, H, W, 3), a `tf.data`
         dataset, a `keras.utils.PyDataset`, ...), with its progress bar.
 
+        An array is checked on the host before Keras' loop (one min/max
+        pass): uint8 images are converted (x / 127.5 - 1); floats outside
+        [-1, 1] (beyond 1e-3) or NaN/inf raise ValueError. Datasets and
+        generators are not checked (their batches only exist inside the
+        loop): feed them floats in [-1, 1] (or use a keras-hub task of the
+        preset, whose preprocessor takes raw images).
+
         Greedy codes unless the task's default (or the given) temperature is
         > 0. Sampled codes of an array use per-image seeds made from (seed,
         image index), so `batch_size` does not change them; for a dataset,
@@ -240,9 +251,14 @@ class UViM(AdaptableModel):
         if temperature != self._traced_temperature:
             self._traced_temperature = temperature
             self.predict_function = None  # traced with the temperature
-        if _is_array(x):
+        if isinstance(x, dict) and _is_array(x.get("image")):  # {"image", "seed"}
+            images = keras.ops.convert_to_numpy(x["image"])
+            check_image(images, self.input_size, name="x['image']")
+            x = {**x, "image": prepare_images(images, "x['image']")}
+        elif _is_array(x):
             images = keras.ops.convert_to_numpy(x)
             check_image(images, self.input_size, name="x")
+            x = images = prepare_images(images, "x")
             if temperature > 0 and seed is not None:
                 x = {"image": images, "seed": np.asarray(image_seeds(seed, 0, len(images)),
                                                          "int32")}

@@ -12,18 +12,26 @@ A preset handle is one of
   write `./name` for a folder named like a named preset);
 * `hf://org/name`, `kaggle://org/model/keras/variant`, `gs://...`: handled by
   keras-hub (and huggingface_hub / kagglehub, with their own caches).
+
+Local folders (bundled, cached, your own) are checked before keras-hub reads
+them (`layout.verify_integrity`): the files their `uvim_preset.json` records
+(sizes always, sha256 once per process), and the weights a complete preset
+needs. For a complete preset `config.json` is the authoritative stage-I
+config; `task.json` holds a copy of it, and a preset whose copy differs is
+refused (`hub.tasks.check_backbone_config`) rather than built from either.
+Cached named presets are repaired, upgraded and recorded under the cache's
+lock (`cache.lock`); see `cache` for the rules.
 """
 
-import json
+import atexit
 import os
+import shutil
+import sys
 
 from uvim_keras.presets import cache, layout, registry
 from uvim_keras.presets.bundled import bundled_preset, bundled_presets
-from uvim_keras.presets.cache import DownloadError
-
-
-class PresetError(ValueError):
-    """A preset handle that cannot be used the way it was asked for."""
+from uvim_keras.presets.cache import CacheReadOnly, DownloadError
+from uvim_keras.presets.layout import IntegrityError, PresetError  # noqa: F401  (re-exported)
 
 
 # -- handles ----------------------------------------------------------------------
@@ -75,6 +83,7 @@ def resolve(preset, want, load_weights=True, progress=True):
     bundled = bundled_preset(preset)
     if bundled is not None:
         layout.check_weights_layout(bundled, PresetError)
+        layout.verify_integrity(bundled, weights=load_weights)
         return os.fspath(bundled), None
     if os.path.isdir(preset):
         if not os.path.isfile(os.path.join(preset, "config.json")):
@@ -83,6 +92,7 @@ def resolve(preset, want, load_weights=True, progress=True):
                 "by save_to_preset or `uvim-keras convert`."
             )
         layout.check_weights_layout(preset, PresetError)
+        layout.verify_integrity(preset, weights=load_weights)
         return preset, None
     if is_remote(preset):
         return preset, None
@@ -94,17 +104,108 @@ def resolve(preset, want, load_weights=True, progress=True):
     raise _unknown(preset)
 
 
+# -- the cache ----------------------------------------------------------------------
 def _cached(name):
     """The cached conversion of the named preset `name`, ready to load, or
-    None. A conversion made by an older uvim-keras (MLP kernels (in, out)) is
-    upgraded in place (the cache is ours); one from a newer uvim-keras is
-    refused."""
-    path = cache.cached_preset(name)
-    if path is not None:
-        if layout.is_outdated(path):
-            layout.upgrade_weights_layout(path)
+    None when it is not there.
+
+    Fast path, no lock: a complete, current, recorded folder whose files
+    match the record. Anything else is dealt with under the folder's lock:
+    leftovers of killed runs are removed or completed (`cache.repair`), a
+    conversion by an older uvim-keras is upgraded in place (MLP kernels
+    (in, out), attention arrays) and recorded, one from a newer uvim-keras
+    is refused. A cache that cannot be written loads what is up to date and
+    an upgraded temporary copy of what is not."""
+    path = cache.preset_cache_path(name)
+    if cache.is_complete(path):
+        info = layout.read_info(path)
+        if isinstance(info.get(layout.FILES_KEY), dict) and not layout.is_outdated(path):
+            layout.check_weights_layout(path, PresetError)  # (a newer layout: refused)
+            _verify_cached(name, path, info)
+            _tidy(path)
+            return path
+    elif not os.path.lexists(path) and not cache.leftovers(path):
+        return None
+    try:
+        with cache.lock(path, "repairing or upgrading"):
+            return _repair_cached(name, path)
+    except CacheReadOnly:
+        return _cached_read_only(name, path)
+
+
+def _verify_cached(name, path, info=None):
+    try:
+        layout.verify_integrity(path, info=info)
+    except IntegrityError as e:
+        raise IntegrityError(
+            f"{e} This is the cached conversion of the named preset {name!r}: "
+            f"uvim_keras.presets.remove_preset({name!r}) removes it, and the next use downloads "
+            "and converts it again."
+        ) from e
+
+
+def _tidy(path):
+    """Removes leftovers of killed runs next to a good cached folder when
+    no other process holds its lock (never waits)."""
+    if not cache.leftovers(path):
+        return
+    import filelock
+
+    try:
+        if not cache.writable():
+            return
+        with filelock.FileLock(cache.lock_file(path), timeout=0):
+            cache.repair(path)
+    except (filelock.Timeout, OSError):
+        pass
+
+
+def _repair_cached(name, path):
+    """`_cached` under the folder's lock."""
+    cache.repair(path)
+    if not cache.is_complete(path):
+        return None
+    info = layout.read_info(path)
+    if layout.is_outdated(path):
+        layout.upgrade_weights_layout(path)  # (re-enters our lock) verifies, rewrites, records
+    else:
         layout.check_weights_layout(path, PresetError)
+        if not isinstance(info.get(layout.FILES_KEY), dict):
+            # A conversion by an earlier uvim-keras: recorded on first use.
+            layout.verify_integrity(path, info=info)
+            layout.record_integrity(path)
+    _verify_cached(name, path)
     return path
+
+
+_READ_ONLY_COPIES = {}
+
+
+def _cached_read_only(name, path):
+    """`_cached` for a cache that cannot be written."""
+    if not os.path.isdir(path) and cache.leftovers(path):
+        raise PresetError(
+            f"the cached preset {path} was left half-way by a killed process and the cache "
+            f"{cache.cache_root()} cannot be written, so it cannot be repaired. Load it once with "
+            "write access to the cache (or set UVIM_KERAS_CACHE to a writable folder)."
+        )
+    if not cache.is_complete(path):
+        return None
+    if not layout.is_outdated(path):
+        layout.check_weights_layout(path, PresetError)
+        _verify_cached(name, path)
+        return path
+    copy = _READ_ONLY_COPIES.get(path)
+    if copy is None or not os.path.isdir(copy):
+        copy = layout.upgraded_copy(path)  # (checks the record, if any, first)
+        _READ_ONLY_COPIES[path] = copy
+        atexit.register(shutil.rmtree, os.path.dirname(copy), True)
+        print(f"uvim-keras: the cached preset {path} was converted by an older uvim-keras "
+              f"(weights_layout {layout.weights_layout(path)}) and the cache cannot be written; "
+              f"loading an upgraded temporary copy ({copy}, removed at exit). Upgrade it once "
+              f"with write access: uvim_keras.presets.upgrade_weights_layout({path!r}).",
+              file=sys.stderr, flush=True)
+    return copy
 
 
 def _has_task_json(handle):
@@ -127,56 +228,97 @@ def _manual_steps(spec):
     )
 
 
-def install(spec, progress=True):
-    """Downloads, converts and caches a named preset; returns its folder."""
-    from uvim_keras.presets import conversion
+def _expected(spec, url):
+    """What a download of `url` must be: the registry's pin, else the first
+    good download's record, else anything (recorded once it converts)."""
+    pin = spec.checksums.get(url)
+    if pin:
+        return {**pin, "source": f"the size and sha256 pinned for preset {spec.name!r}"}
+    return cache.known_pin(url)
 
+
+def install(spec, progress=True):
+    """Downloads, converts and caches a named preset; returns its folder.
+
+    Holds the preset folder's lock throughout (a second process waits, then
+    loads the result). Each download is checked against its pin (or the
+    first good download's record) and read through a private link, so other
+    converters may remove the shared file meanwhile. After a successful
+    conversion the downloads' sizes and sha256 are recorded (`cache.record_pin`,
+    and `source_files` in the preset's uvim_preset.json) and the raw files
+    removed (unless UVIM_KERAS_KEEP_DOWNLOADS=1); a file that does not
+    convert is removed and recorded nowhere."""
     path = _cached(spec.name)
     if path:
         return path
+    final = cache.preset_cache_path(spec.name)
+    try:
+        with cache.lock(final, "converting"):
+            return _install_locked(spec, final, progress)
+    except CacheReadOnly as e:
+        raise PresetError(
+            f"preset {spec.name!r} is not in the cache and the cache {cache.cache_root()} cannot "
+            "be written: set UVIM_KERAS_CACHE to a writable folder (or install it there once)."
+        ) from e
+
+
+def _install_locked(spec, final, progress):
+    from uvim_keras.presets import conversion
+
+    path = _cached(spec.name)  # converted by another process while we waited
+    if path:
+        return path
+    cache.repair(final)
     stage1_preset = None
     if spec.kind == "uvim":
         sibling = registry.stage1_sibling(spec)
         if sibling is not None:
             stage1_preset = _cached(sibling.name)
     urls = spec.urls if stage1_preset is None else [spec.stage2_url]
-    files = {}
-    for url in urls:
+    inputs = cache.new_inputs_dir(final)  # our links to the downloads (a leftover if we die)
+    try:
+        fetched = {}
+        for url in urls:
+            try:
+                fetched[url] = cache.fetch(url, expected=_expected(spec, url), progress=progress,
+                                           borrow_into=inputs)
+            except DownloadError as e:
+                raise DownloadError(
+                    f"could not download preset {spec.name!r}: {e} To install it without this "
+                    f"download, {_manual_steps(spec)}."
+                ) from e
+        stage1_file = fetched[spec.stage1_url].path if spec.stage1_url in fetched else None
+        stage2_file = fetched[spec.stage2_url].path if spec.stage2_url in fetched else None
+        info = spec.card_info()
+        info["source_files"] = [{"url": url, "size": f.size, "sha256": f.sha256}
+                                for url, f in fetched.items()]
         try:
-            files[url] = cache.download(url, progress=progress)
-        except DownloadError as e:
-            raise DownloadError(
-                f"could not download preset {spec.name!r}: {e} To install it without this "
-                f"download, {_manual_steps(spec)}."
+            conversion.convert_to_preset(
+                final, spec.task, stage1_file, spec.stage1_config,
+                stage2_path=stage2_file, lm_config=spec.lm_config, task_config=spec.task_config,
+                temperature=spec.temperature, info=info, stage1_preset=stage1_preset,
+                overwrite="keep",
+            )
+        except conversion.convert.ConversionError as e:
+            # A file that does not convert must not be trusted by the next try.
+            for url, f in fetched.items():
+                cache.discard_download(url, f.dest)
+            raise type(e)(
+                f"preset {spec.name!r}: the downloaded checkpoint does not match the preset's "
+                f"{spec.task} configs (removed from the cache; the next use downloads it "
+                f"again): {e}"
             ) from e
-    stage1_file = files.get(spec.stage1_url)
-    stage2_file = files.get(spec.stage2_url) if spec.stage2_url else None
-    try:
-        out = conversion.convert_to_preset(
-            cache.preset_cache_path(spec.name), spec.task, stage1_file, spec.stage1_config,
-            stage2_path=stage2_file, lm_config=spec.lm_config, task_config=spec.task_config,
-            temperature=spec.temperature, info=spec.card_info(), stage1_preset=stage1_preset,
-            overwrite="keep",
-        )
-    except conversion.convert.ConversionError as e:
-        # A file that does not convert must not be trusted by the next try.
-        for f in files.values():
-            _remove(f)
-        raise type(e)(
-            f"preset {spec.name!r}: the downloaded checkpoint does not match the preset's "
-            f"{spec.task} configs (removed from the cache; the next use downloads it again): {e}"
-        ) from e
-    if os.environ.get("UVIM_KERAS_KEEP_DOWNLOADS", "") in ("", "0"):
-        for f in files.values():
-            _remove(f)
-    return out
-
-
-def _remove(path):
-    try:
-        os.remove(path)
-    except OSError:
-        pass
+        for url, f in fetched.items():
+            cache.record_pin(url, f.size, f.sha256)
+            # Other converters read their own links; without links, the file stays.
+            if f.private and not cache.keep_downloads():
+                cache.discard_download(url, f.dest)
+    finally:
+        shutil.rmtree(inputs, ignore_errors=True)
+    path = _cached(spec.name)
+    if path is None:
+        raise PresetError(f"preset {spec.name!r}: the conversion left no preset at {final}.")
+    return path
 
 
 # -- loading ----------------------------------------------------------------------
@@ -251,9 +393,10 @@ def _finish(preset_dir, info, model_config):
     from uvim_keras.presets.model_card import write_model_card
 
     info.setdefault("name", os.path.basename(os.path.normpath(os.fspath(preset_dir))))
-    with open(os.path.join(preset_dir, cache.PRESET_MARKER), "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2, sort_keys=True)
+    info.pop(layout.FILES_KEY, None)
     write_model_card(preset_dir, info, model_config)
+    # The marker, last: with the integrity record of the files just written.
+    layout.write_info(preset_dir, info)
     return preset_dir
 
 
@@ -301,12 +444,13 @@ def _name_tasks(preset_dir, tasks):
     """keras-hub's `metadata.json` lists every task class whose backbone is
     the preset's; a UViM preset is one of them (e.g. ["ImageSegmenter"]: the
     Hugging Face snippet `keras_hub.models.ImageSegmenter.from_preset`)."""
+    import json
+
     path = os.path.join(os.fspath(preset_dir), "metadata.json")
     with open(path, encoding="utf-8") as f:
         metadata = json.load(f)
     metadata["tasks"] = list(tasks)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(metadata, f, indent=4)
+    layout.write_json_atomic(path, metadata, indent=4)
 
 
 def _lm_config(lm):

@@ -232,15 +232,19 @@ def convert_to_preset(out_dir, task, stage1_path, stage1_config, stage2_path=Non
     big_vision model kwargs. `stage1_preset`: instead of `stage1_path`, a
     converted preset folder to take the stage-I model from. `info`: model
     card fields (description, metrics, ...). The folder appears only when
-    complete. An existing non-empty `out_dir` is an error unless `overwrite`:
-    True replaces it, "keep" keeps a complete preset found there when done
-    (another process converted the same files meanwhile) and replaces
-    anything else. `progress`: None or a callable progress(stage, done,
+    complete (written into `.tmp-<name>~*` next to it, fsynced, renamed).
+    An existing non-empty `out_dir` is an error unless `overwrite`: True
+    replaces it, "keep" keeps a complete preset found there when done
+    (another process converted the same files meanwhile). Only a folder of
+    the named-preset cache or a uvim-keras preset folder (its
+    `uvim_preset.json`, nothing but preset files in it) is ever replaced;
+    anything else (a file, a symlink, another folder) is a `PresetError`
+    naming it (`cache.check_replaceable`). A folder of the cache is written
+    under its lock. `progress`: None or a callable progress(stage, done,
     total) told of each stage (a line of text; done and total None) and of
     each checkpoint array assigned (done of total arrays).
     Returns `out_dir`.
     """
-    from uvim_keras.presets import api
 
     def report(stage, done=None, total=None):
         if progress is not None:
@@ -254,9 +258,31 @@ def convert_to_preset(out_dir, task, stage1_path, stage1_config, stage2_path=Non
     if lm_config is not None and stage2_path is None:
         lm_config = None
     out_dir = os.path.abspath(os.fspath(out_dir))
-    if os.path.exists(out_dir) and not overwrite:
-        if not os.path.isdir(out_dir) or os.listdir(out_dir):
-            raise FileExistsError(f"{out_dir} exists and is not empty (pass overwrite=True / --overwrite).")
+    with cache.lock_if_cached(out_dir, "converting") as locked:
+        if locked:  # leftovers of killed runs for this cache folder are ours to remove
+            cache.repair(out_dir, inputs=False)  # (an installer's links stay)
+        return _convert_into(out_dir, task, stage1_path, stage1_config, stage2_path, lm_config,
+                             task_config, temperature, info, stage1_preset, overwrite, report,
+                             arrays)
+
+
+def _check_out_dir(out_dir, overwrite):
+    if not os.path.lexists(out_dir):
+        return
+    if os.path.islink(out_dir) or not os.path.isdir(out_dir):
+        cache.check_replaceable(out_dir)  # (raises: a symlink or a file is never replaced)
+    if not os.listdir(out_dir):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty (pass overwrite=True / --overwrite).")
+    cache.check_replaceable(out_dir)
+
+
+def _convert_into(out_dir, task, stage1_path, stage1_config, stage2_path, lm_config, task_config,
+                  temperature, info, stage1_preset, overwrite, report, arrays):
+    from uvim_keras.presets import api
+
+    _check_out_dir(out_dir, overwrite)
     tmp = cache.new_tmp_dir(out_dir)
     try:
         if stage1_path is not None:
@@ -308,9 +334,10 @@ def convert_to_preset(out_dir, task, stage1_path, stage1_config, stage2_path=Non
         if overwrite == "keep":
             cache.publish_dir(tmp, out_dir)  # keeps a complete preset that appeared meanwhile
         else:
-            if os.path.isdir(out_dir):
-                shutil.rmtree(out_dir) if overwrite else os.rmdir(out_dir)  # (empty unless overwrite)
-            os.replace(tmp, out_dir)
+            _check_out_dir(out_dir, overwrite)  # (again: it may have changed meanwhile)
+            if os.path.isdir(out_dir) and not os.listdir(out_dir):
+                os.rmdir(out_dir)
+            cache.replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

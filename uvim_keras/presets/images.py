@@ -12,25 +12,141 @@ GREY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], "float32")
 
 
 class ImageReadError(ValueError):
-    """An image file that does not exist or cannot be decoded."""
+    """An image file that does not exist or cannot be decoded (the message
+    names the file)."""
 
 
 def read_image(path):
-    """uint8 RGB (H, W, 3) of an image file (EXIF orientation applied)."""
+    """uint8 RGB (H, W, 3) of an image file (EXIF orientation applied).
+
+    Every mode Pillow reads becomes 8-bit RGB without losing its range:
+    16-bit greyscale ("I;16", "I;16B", ...) is scaled by 255 / 65535 (not
+    clipped), 32-bit integer ("I") likewise when its values pass 255, float
+    ("F") in [0, 1] is scaled by 255 (else clipped to [0, 255]); images with
+    transparency (an alpha band, a palette or a colour key with
+    transparency) are composited on white; palette ("P"), greyscale ("L",
+    "1"), CMYK and the others go through Pillow's conversion.
+
+    Raises `ImageReadError` (one line naming the file) for a missing path, a
+    folder or other non-regular file, an empty file, a file Pillow cannot
+    decode (truncated, corrupt, not an image) and an image above Pillow's
+    decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS` pixels: its
+    warning is an error here too)."""
+    import warnings
+
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ImageReadError(f"image {path!r} does not exist.")
-    if os.path.isdir(path):
-        raise ImageReadError(f"image {path!r} is a folder, not an image file.")
+    path = _checked_file(path)
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            return np.asarray(img.convert("RGB"), "uint8")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        reason = "not an image file Pillow can read" if isinstance(e, UnidentifiedImageError) else e
-        raise ImageReadError(f"cannot read image {path!r}: {reason}.") from e
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img = ImageOps.exif_transpose(img)
+                return to_rgb_uint8(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageReadError(_too_large(path, e)) from None
+    except UnidentifiedImageError:
+        raise ImageReadError(
+            f"cannot read image {path!r}: not an image file Pillow can read.") from None
+    except MemoryError:
+        raise ImageReadError(f"cannot read image {path!r}: not enough memory to decode it.") from None
+    except Exception as e:  # noqa: BLE001 (a corrupt file raises anything: OSError, SyntaxError, ...)
+        reason = (e.strerror if isinstance(e, OSError) and e.strerror
+                  else " ".join(str(e).split()) or type(e).__name__)
+        if not isinstance(e, (OSError, ValueError, SyntaxError)):
+            reason = f"{type(e).__name__}: {reason}"
+        raise ImageReadError(f"cannot read image {path!r}: {reason.rstrip('.')}.") from None
+
+
+def _checked_file(path):
+    """`path` as a string, when it names a regular, non-empty file."""
+    import errno
+    import stat
+
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise ImageReadError(f"image {path!r}: expected a file path.") from None
+    if not path:
+        raise ImageReadError("image '': an empty path.")
+    try:
+        st = os.stat(path)
+    except ValueError:  # an embedded NUL byte
+        raise ImageReadError(f"image {path!r} is not a valid path.") from None
+    except OSError as e:
+        if e.errno == errno.ENOENT and os.path.islink(path):
+            raise ImageReadError(f"image {path!r} is a broken symbolic link.") from None
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise ImageReadError(f"image {path!r} does not exist.") from None
+        raise ImageReadError(f"cannot read image {path!r}: {e.strerror or e}.") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageReadError(f"image {path!r} is a folder, not an image file.")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageReadError(f"image {path!r} is not a regular file (a device, pipe or socket).")
+    if st.st_size == 0:
+        raise ImageReadError(f"cannot read image {path!r}: the file is empty (0 bytes).")
+    return path
+
+
+def _too_large(path, error):
+    """The message for Pillow's decompression-bomb guard (its warning or error)."""
+    import re
+
+    from PIL import Image
+
+    # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice it; both
+    # are refused here, so the limit is MAX_IMAGE_PIXELS.
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    size = f"{int(found.group(1))} pixels" if found else "more pixels than allowed"
+    return (f"image {path!r} is too large: {size}, above the limit of {Image.MAX_IMAGE_PIXELS} "
+            f"pixels (Pillow's decompression-bomb guard, PIL.Image.MAX_IMAGE_PIXELS).")
+
+
+_HIGH_BIT_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I;16S", "I;16BS", "I;16LS", "I", "F")
+
+
+def _grey_to_uint8(x, mode):
+    """A 16-bit, 32-bit integer or float greyscale array -> uint8, scaled."""
+    x = np.asarray(x)
+    if mode == "F":
+        x = np.nan_to_num(x.astype("float64"), nan=0.0, posinf=255.0, neginf=0.0)
+        if x.size and x.min() >= 0.0 and x.max() <= 1.0:
+            x = x * 255.0
+        return np.clip(np.round(x), 0, 255).astype("uint8")
+    x = x.astype("float64")
+    if mode == "I" and (not x.size or x.max() <= 255):  # 32-bit ints holding 8-bit values
+        return np.clip(x, 0, 255).astype("uint8")
+    return np.clip(np.round(np.clip(x, 0, 65535) * (255.0 / 65535.0)), 0, 255).astype("uint8")
+
+
+def _on_white(rgba):
+    """uint8 (H, W, 4) -> uint8 (H, W, 3): composited on a white background."""
+    rgba = np.asarray(rgba, "float32")
+    alpha = rgba[..., 3:] / 255.0
+    return np.round(rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)).clip(0, 255).astype("uint8")
+
+
+def to_rgb_uint8(img):
+    """A PIL image of any mode -> uint8 RGB (H, W, 3) (see `read_image`)."""
+    mode = img.mode
+    transparency = img.info.get("transparency")
+    if mode in _HIGH_BIT_DEPTH or mode.startswith("I;16"):
+        raw = np.asarray(img)
+        if raw.ndim != 2:
+            raise ValueError(f"unexpected {mode} image of shape {raw.shape}")
+        grey = _grey_to_uint8(raw, "F" if mode == "F" else ("I" if mode == "I" else "I;16"))
+        rgb = np.repeat(grey[..., None], 3, axis=-1)
+        if isinstance(transparency, int) and mode != "F":  # a tRNS colour key
+            alpha = np.where(raw == transparency, 0, 255).astype("uint8")
+            rgb = _on_white(np.concatenate([rgb, alpha[..., None]], axis=-1))
+        return np.ascontiguousarray(rgb)
+    if "A" in mode or "a" in mode or mode == "P" or transparency is not None:
+        # alpha bands (RGBA, LA, PA, premultiplied RGBa / La), palettes (their
+        # colours, and transparent entries through RGBA) and colour keys
+        return _on_white(np.asarray(img.convert("RGBA")))
+    if mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, "uint8")
 
 
 def to_grey(image):

@@ -1,11 +1,21 @@
-"""Pictures of predictions: panoptic overlay with a class legend, depth
-colour map with a scale bar, colorization beside the grey input."""
+"""Pictures a person reads without the README.
 
-import colorsys
+* `picture`: one image's predictions as `uvim-keras predict` writes them:
+  panoptic overlay with a legend of the classes present (names, instances,
+  share of pixels), depth colour map with a scale bar in metres,
+  colorization beside the grey input;
+* `demo_figure`: the demo's figure of held-out images: a title, a caption
+  saying how to read it, labelled columns with each model's score, and a
+  key (class colours and names, or a depth scale bar).
+
+Colours come from `uvim_keras.visualize` (the one class palette and depth
+colour map), so a class or a depth looks the same in every picture.
+"""
 
 import numpy as np
 
 from uvim_keras import visualize
+from uvim_keras.visualize import class_colors, depth_scale_bar, font as _font
 
 # The 133 COCO panoptic categories in the order of panopticapi's
 # panoptic_coco_categories.json (sorted by id); UViM's class k is entry k - 1
@@ -34,31 +44,22 @@ COCO_PANOPTIC_CLASSES = (
 assert len(COCO_PANOPTIC_CLASSES) == 133
 
 
-def class_names(num_classes):
-    """Names of classes 0..num_classes-1 (COCO panoptic for 134 classes)."""
+
+def class_names(num_classes, names=None):
+    """Names of classes 0..num_classes-1 (class 0 is void).
+
+    `names` (a task's `class_names`, e.g. `PanopticTask(class_names=...)`)
+    when given; else COCO panoptic's categories for 134 classes (UViM's COCO
+    model, as big_vision maps them); else "void", "class 1", "class 2", ..."""
+    if names is not None:
+        names = tuple(str(n) for n in names)
+        if len(names) != num_classes:
+            raise ValueError(f"class_names has {len(names)} names; expected one per class "
+                             f"({num_classes}, class 0 = void included).")
+        return names
     if num_classes == len(COCO_PANOPTIC_CLASSES) + 1:
         return ("void",) + COCO_PANOPTIC_CLASSES
     return ("void",) + tuple(f"class {k}" for k in range(1, num_classes))
-
-
-def distinct_colors(n):
-    """(n, 3) uint8, class 0 black, others spread over hue (golden ratio)."""
-    out = np.zeros((max(n, 1), 3), "uint8")
-    for k in range(1, n):
-        h = (k * 0.6180339887) % 1.0
-        s = 0.55 + 0.35 * ((k * 7) % 3) / 2
-        v = 0.95 - 0.25 * ((k * 5) % 2)
-        out[k] = np.round(np.array(colorsys.hsv_to_rgb(h, s, v)) * 255)
-    return out
-
-
-def _font(size=13):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # old Pillow: bitmap font only
-        return ImageFont.load_default()
 
 
 def _scale_for(height):
@@ -71,21 +72,33 @@ def _up(tile, scale):
     return np.repeat(np.repeat(np.asarray(tile, "uint8"), scale, 0), scale, 1)
 
 
+def _wrap(text, size, width):
+    """`text` broken at spaces into lines no wider than `width` pixels (a
+    single word wider than that gets a line of its own)."""
+    lines = []
+    for word in str(text).split(" "):
+        if lines and visualize.text_width(lines[-1] + " " + word, size) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
 def _canvas(panels, titles, extra=None):
     """Panels side by side with titles above; `extra` (a PIL image) at the right."""
     from PIL import Image, ImageDraw
 
-    pad, header = 6, 20
+    pad, size = 6, 14
+    header = size + 8
     h = max(p.shape[0] for p in panels)
     w = sum(p.shape[1] for p in panels) + pad * (len(panels) + 1)
     extra_w = extra.width + pad if extra is not None else 0
     canvas = Image.new("RGB", (w + extra_w, max(h, extra.height if extra else 0) + header + pad),
                        "white")
     draw = ImageDraw.Draw(canvas)
-    font = _font()
     x = pad
     for panel, title in zip(panels, titles):
-        draw.text((x, 3), title, fill=(0, 0, 0), font=font)
+        draw.text((x, 3), title, fill=(0, 0, 0), font=_font(size))
         canvas.paste(Image.fromarray(panel), (x, header))
         x += panel.shape[1] + pad
     if extra is not None:
@@ -97,72 +110,105 @@ def panoptic_overlay(image, panoptic, num_classes, alpha=0.55):
     """uint8 (H, W, 3): the image blended with class colours (instances
     shaded apart), segment boundaries drawn dark."""
     sem, ins = np.asarray(panoptic)[..., 0], np.asarray(panoptic)[..., 1]
-    colors = distinct_colors(num_classes).astype("float32")
-    rgb = colors[np.clip(sem, 0, num_classes - 1)]
+    colors = class_colors(max(num_classes, int(sem.max(initial=0)) + 1)).astype("float32")
+    rgb = colors[sem]
     rgb *= np.where(ins > 0, 1.0 - 0.25 * ((ins % 4) / 3.0), 1.0)[..., None]
     out = (1 - alpha) * np.asarray(image, "float32") + alpha * rgb
     out = np.where((sem == 0)[..., None], np.asarray(image, "float32") * 0.6, out)
-    seg = sem.astype("int64") * 100000 + ins
-    edge = np.zeros(seg.shape, bool)
-    edge[1:] |= seg[1:] != seg[:-1]
-    edge[:, 1:] |= seg[:, 1:] != seg[:, :-1]
-    out[edge] *= 0.25
+    out[visualize.segment_edges(sem, ins)] *= 0.25
     return np.clip(out, 0, 255).astype("uint8")
 
 
-def panoptic_legend(panoptics, num_classes, height, max_rows=None):
-    """A PIL image listing the classes present (largest first): colour
-    swatch, name, number of instances, share of the pixels."""
+def _maps(panoptics):
+    """One (H, W, 2) map, or a list of them -> a list of numpy maps."""
+    if getattr(panoptics, "ndim", None) == 3:
+        return [np.asarray(panoptics)]
+    return [np.asarray(p) for p in panoptics]
+
+
+def _instances(lo, hi):
+    if hi == 0:
+        return ""
+    count = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    return f"{count} instance" + ("" if lo == hi == 1 else "s")
+
+
+def legend_entries(panoptics, num_classes, names=None):
+    """The classes present in `panoptics` (one (H, W, 2) [class, instance]
+    map, or a list of them: the samples of one image), in class-id order.
+
+    Returns a list of dicts: `id`, `name`, `color` (RGB tuple, as drawn),
+    `instances` ((fewest, most) instances of the class over the maps),
+    `share` (fraction of all the maps' pixels) and `label`, the legend's
+    text, e.g. "4: square (2 instances, 12.5%)" ("1-3 instances" when
+    samples differ; void names no instances)."""
+    maps = _maps(panoptics)
+    top = max([num_classes] + [int(m[..., 0].max(initial=0)) + 1 for m in maps])
+    known = class_names(num_classes, names)
+    all_names = known + tuple(f"class {k}" for k in range(num_classes, top))
+    colors = class_colors(top)
+    pixels = np.zeros(top, "int64")
+    per_map = np.zeros((len(maps), top), "int64")  # instances of each class in each map
+    for i, m in enumerate(maps):
+        sem, ins = m[..., 0].astype("int64").ravel(), m[..., 1].astype("int64").ravel()
+        pixels += np.bincount(sem, minlength=top)
+        span = int(ins.max(initial=0)) + 1
+        segments = np.unique(sem[ins > 0] * span + ins[ins > 0])  # (class, instance) pairs
+        per_map[i] = np.bincount(segments // span, minlength=top)
+    total = max(sum(m[..., 0].size for m in maps), 1)
+    entries = []
+    for k in np.flatnonzero(pixels):
+        k = int(k)
+        counts = per_map[:, k]
+        lo, hi = int(counts.min()), int(counts.max())
+        share = float(pixels[k] / total)
+        what = ", ".join(t for t in (_instances(lo, hi) if k else "", f"{100 * share:.1f}%") if t)
+        entries.append({"id": k, "name": all_names[k], "color": tuple(int(c) for c in colors[k]),
+                         "instances": (lo, hi), "share": share,
+                         "label": f"{k}: {all_names[k]} ({what})"})
+    return entries
+
+
+def _key(rows, header, height, size=13, max_rows=None):
+    """A PIL image at least `height` tall: `header`, then one row per (RGB
+    colour, text): a swatch and the text; at most `max_rows` rows (by
+    default as many as fit), then "... N more"."""
     from PIL import Image, ImageDraw
 
-    names = class_names(num_classes)
-    colors = distinct_colors(num_classes)
-    sem = np.concatenate([np.asarray(p)[..., 0].ravel() for p in panoptics])
-    ins = np.concatenate([np.asarray(p)[..., 1].ravel() for p in panoptics])
-    counts = np.bincount(sem, minlength=num_classes)
-    order = [k for k in np.argsort(-counts, kind="stable") if counts[k] > 0]
-    row_h = 16
-    max_rows = max_rows or max(3, (height - 20) // row_h)
-    shown = order[:max_rows]
-    width = 230
-    legend = Image.new("RGB", (width, max(height, row_h * (len(shown) + 2))), "white")
+    row_h = size + 6
+    fit = max(3, (height - row_h) // row_h)
+    max_rows = max_rows or (fit if len(rows) <= fit else fit - 1)  # a line for "... N more"
+    more = max(len(rows) - max_rows, 0)
+    rows = rows[:max_rows]
+    texts = [header] + [t for _, t in rows] + ([f"... {more} more"] if more else [])
+    width = size + 9 + max(visualize.text_width(t, size) for t in texts) + 6
+    legend = Image.new("RGB", (width, max(height, row_h * (len(rows) + 2))), "white")
     draw = ImageDraw.Draw(legend)
-    font = _font(12)
-    draw.text((2, 0), "classes (share of pixels)", fill=(0, 0, 0), font=font)
-    for r, k in enumerate(shown):
-        y = row_h * (r + 1) + 2
-        draw.rectangle([2, y, 14, y + 11], fill=tuple(int(c) for c in colors[k]), outline=(0, 0, 0))
-        n_ins = len(np.unique(ins[(sem == k) & (ins > 0)]))
-        label = f"{k}: {names[k]}" + (f" x{n_ins}" if n_ins > 1 else "")
-        draw.text((20, y - 1), f"{label} ({100 * counts[k] / sem.size:.1f}%)", fill=(0, 0, 0),
-                  font=font)
-    if len(order) > len(shown):
-        draw.text((20, row_h * (len(shown) + 1) + 2), f"... {len(order) - len(shown)} more",
-                  fill=(0, 0, 0), font=font)
+    draw.text((2, 0), header, fill=(0, 0, 0), font=_font(size))
+    for r, (color, text) in enumerate(rows):
+        y = row_h * (r + 1) + 3
+        draw.rectangle([2, y, 2 + size, y + size - 1], fill=color, outline=(0, 0, 0))
+        draw.text((size + 9, y - 1), text, fill=(0, 0, 0), font=_font(size))
+    if more:
+        draw.text((size + 9, row_h * (len(rows) + 1) + 2), f"... {more} more", fill=(0, 0, 0),
+                  font=_font(size))
     return legend
 
 
-def depth_scale_bar(height, lo, hi, ticks=5):
-    """A PIL image: a vertical colour bar from `lo` (top, near) to `hi` (far)
-    with tick labels in metres."""
-    from PIL import Image, ImageDraw
-
-    bar = visualize.depth_scale_bar(height, 18, lo, hi)
-    img = Image.new("RGB", (80, height), "white")
-    img.paste(Image.fromarray(bar), (0, 0))
-    draw = ImageDraw.Draw(img)
-    font = _font(12)
-    for i in range(ticks):
-        frac = i / (ticks - 1)
-        y = int(round(frac * (height - 1)))
-        draw.line([(18, y), (23, y)], fill=(0, 0, 0))
-        draw.text((26, min(max(y - 7, 0), height - 14)), f"{lo + frac * (hi - lo):.2f} m",
-                  fill=(0, 0, 0), font=font)
-    return img
+def panoptic_legend(panoptics, num_classes, height, max_rows=None, names=None):
+    """A PIL image listing the classes present in `panoptics` (see
+    `legend_entries`), in class-id order: colour swatch, "id: name",
+    instances and share of the pixels."""
+    entries = legend_entries(panoptics, num_classes, names)
+    count = len(_maps(panoptics))
+    header = "class: instances, share of pixels" + (f" ({count} samples)" if count > 1 else "")
+    return _key([(e["color"], e["label"]) for e in entries], header, height, max_rows=max_rows)
 
 
 def picture(task, image, predictions, titles=None, task_config=None):
-    """The picture of one image's predictions (a list, one per sample)."""
+    """The picture of one image's predictions (a list, one per sample).
+    `task_config` is the task's `get_config()`: a panoptic task's
+    `num_classes` and `class_names` name the legend's classes."""
     image = np.asarray(image, "uint8")
     scale = _scale_for(image.shape[0])
     task_config = task_config or {}
@@ -171,7 +217,8 @@ def picture(task, image, predictions, titles=None, task_config=None):
     if task == "panoptic":
         k = int(task_config.get("num_classes", max(int(np.max(p[..., 0])) for p in predictions) + 1))
         panels = [_up(image, scale)] + [_up(panoptic_overlay(image, p, k), scale) for p in predictions]
-        legend = panoptic_legend(predictions, k, panels[0].shape[0])
+        legend = panoptic_legend(predictions, k, panels[0].shape[0],
+                                 names=task_config.get("class_names"))
         return _canvas(panels, ["input"] + titles, legend)
     if task == "depth":
         lo = float(min(np.min(p) for p in predictions))
@@ -185,3 +232,142 @@ def picture(task, image, predictions, titles=None, task_config=None):
         panels = [_up(image, scale)] + [_up(visualize.image_to_uint8(p), scale) for p in predictions]
         return _canvas(panels, ["grey input"] + (titles if n > 1 else ["colorized"]))
     raise ValueError(f"no picture for task {task!r}.")
+
+
+# -- the demo's figure -------------------------------------------------------------------
+#: How to read each task's tiles (the demo figure's caption).
+TASK_CAPTIONS = {
+    "panoptic": "Colour = class (key at the right); shades of one colour = separate "
+                "instances; dark lines = segment edges.",
+    "depth": "Colour = depth in metres (scale at the right): yellow near, purple far.",
+    "colorization": "The model sees the grey input and predicts its colours.",
+}
+
+
+def output_rgb(task, array):
+    """uint8 RGB tile of one label or prediction of `task` (a task object:
+    `task.name` is "panoptic", "depth" or "colorization"): class colours
+    (`visualize.panoptic_to_rgb`), the depth colour map over the task's
+    [min_depth, max_depth], or the colours."""
+    array = np.asarray(array)
+    if task.name == "panoptic":
+        return visualize.panoptic_to_rgb(array, task.num_classes)
+    if task.name == "depth":
+        depth = array[..., 0] if array.ndim == 3 else array
+        return visualize.depth_to_rgb(depth, task.min_depth, task.max_depth)
+    if task.name == "colorization":
+        return visualize.image_to_uint8(array)
+    raise ValueError(f"no tiles for task {task.name!r}.")
+
+
+def _format_score(value, metric=None):
+    if isinstance(value, str):
+        return value
+    value = float(value)
+    digits = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2 if abs(value) >= 1 else 3
+    return f"{metric} {value:.{digits}f}" if metric else f"{value:.{digits}f}"
+
+
+def figure_key(task, arrays=()):
+    """The demo figure's key (a PIL image) for `task`, or None: for panoptic
+    the class colours with their names (every class of the task; for more
+    than 32 classes those present in `arrays`), for depth a scale bar in
+    metres over the task's range, nothing for colorization."""
+    if task.name == "panoptic":
+        names = class_names(task.num_classes, getattr(task, "class_names", None))
+        colors = class_colors(task.num_classes)
+        ids = range(task.num_classes)
+        if task.num_classes > 32 and len(arrays):
+            present = np.unique(np.concatenate([np.asarray(a)[..., 0].ravel() for a in arrays]))
+            ids = [int(k) for k in present if k < task.num_classes]
+        return [(tuple(int(c) for c in colors[k]), f"{k}: {names[k]}") for k in ids]
+    if task.name == "depth":
+        return "depth"
+    return None
+
+
+def demo_figure(images, labels, columns, task, *, title, scores=None, metric=None,
+                notes=(), rows=6, scale=3):
+    """The demo's figure: a PIL image a person reads without the README.
+
+    * `images`: the held-out inputs ((N, H, W, 3), [-1, 1] floats or uint8);
+    * `labels`: their ground truth; `columns`: {column name: predictions
+      (N, ...)}, in order (e.g. "no code", "oracle code", "UViM (T=0)");
+    * `task`: the task object (`task.name`, and for panoptic `num_classes`
+      and optional `class_names`; for depth `min_depth`, `max_depth`);
+    * `title`: the first line, e.g. "UViM demo: synthetic panoptic,
+      held-out images, seed 0";
+    * `scores`: {column name: score}, drawn under the column's name: a
+      string as is, a number as "`metric` value" (e.g. "PQ 52.5"); columns
+      without one (input, samples) get none ("truth" or "ground truth"
+      names the ground-truth column);
+    * `notes`: more caption lines (e.g. what the scores are measured on),
+      after the task's `TASK_CAPTIONS` line.
+
+    Layout: title, caption, column names (and scores), `rows` rows of tiles
+    upscaled `scale` x (nearest), the key at the right: class colours and
+    names (panoptic), a depth scale bar in metres (depth), none
+    (colorization)."""
+    from PIL import Image, ImageDraw
+
+    scores = dict(scores or {})
+    n = min(rows, len(images))
+    if n < 1:
+        raise ValueError("demo_figure: no images.")
+    names = ["grey input" if task.name == "colorization" else "input", "ground truth"]
+    names += list(columns)
+    column_scores = [scores.get("input"), scores.get("ground truth", scores.get("truth"))]
+    column_scores += [scores.get(c) for c in columns]
+    tiles = [[visualize.image_to_uint8(images[i]), output_rgb(task, labels[i])]
+             + [output_rgb(task, columns[c][i]) for c in columns] for i in range(n)]
+    th, tw = (s * scale for s in tiles[0][0].shape[:2])
+    margin, pad, gap = 12, 4, 16
+    title_size, text_size = 20, 14
+    line = text_size + 5
+    grid_w = len(names) * (tw + pad) - pad
+    grid_h = n * (th + pad) - pad
+    key = figure_key(task, [labels[:n]] + [columns[c][:n] for c in columns])
+    if key == "depth":
+        key_img = depth_scale_bar(grid_h, task.min_depth, task.max_depth, ticks=6,
+                                  font_size=text_size, title="depth")
+    elif key:
+        key_img = _key(key, "classes", grid_h, size=text_size)
+    else:
+        key_img = None
+    width = 2 * margin + grid_w + (gap + key_img.width if key_img is not None else 0)
+    text_w = width - 2 * margin
+    caption = [TASK_CAPTIONS.get(task.name, "")] + [str(t) for t in notes]
+    title_lines = _wrap(title, title_size, text_w)
+    caption_lines = [piece for c in caption if c for piece in _wrap(c, text_size, text_w)]
+    label_lines = [_wrap(name, text_size, tw) for name in names]
+    score_texts = [None if s is None else _format_score(s, metric) for s in column_scores]
+    y_caption = margin + len(title_lines) * (title_size + 6)
+    y_labels = y_caption + len(caption_lines) * line + 10
+    label_h = max(len(ls) for ls in label_lines) * line
+    score_h = line if any(s is not None for s in score_texts) else 0
+    y_grid = y_labels + label_h + score_h + 4
+    height = max(y_grid + grid_h, y_grid + (key_img.height if key_img is not None else 0)) + margin
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, text in enumerate(title_lines):
+        draw.text((margin, margin + i * (title_size + 6)), text, fill=(0, 0, 0),
+                  font=_font(title_size))
+    for i, text in enumerate(caption_lines):
+        draw.text((margin, y_caption + i * line), text, fill=(60, 60, 60), font=_font(text_size))
+    for c, (lines, score) in enumerate(zip(label_lines, score_texts)):
+        x = margin + c * (tw + pad)
+        for j, text in enumerate(lines):
+            w = visualize.text_width(text, text_size)
+            draw.text((x + max((tw - w) // 2, 0), y_labels + j * line), text, fill=(0, 0, 0),
+                      font=_font(text_size))
+        if score is not None:
+            w = visualize.text_width(score, text_size)
+            draw.text((x + max((tw - w) // 2, 0), y_labels + label_h), score,
+                      fill=(20, 60, 160), font=_font(text_size))
+    for r, row in enumerate(tiles):
+        for c, tile in enumerate(row):
+            canvas.paste(Image.fromarray(_up(tile, scale)),
+                         (margin + c * (tw + pad), y_grid + r * (th + pad)))
+    if key_img is not None:
+        canvas.paste(key_img, (margin + grid_w + gap, y_grid))
+    return canvas

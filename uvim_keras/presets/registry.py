@@ -14,6 +14,7 @@ big_vision run, or test fixtures served locally).
 
 import copy
 import dataclasses
+import re
 
 BIG_VISION_URL = "https://storage.googleapis.com/big_vision/uvim"
 
@@ -81,6 +82,10 @@ class PresetSpec:
       dataset: training data.
       dataset_ids: the training data's Hugging Face dataset ids (the model
         card's `datasets:`).
+      checksums: {url: {"size": bytes, "sha256": hex}} pins of the
+        checkpoints (either key may be left out): a download that does not
+        match is refused and nothing is cached. URLs without a pin are
+        pinned by their first download that converts (`cache.record_pin`).
     """
 
     name: str
@@ -98,6 +103,7 @@ class PresetSpec:
     dataset_ids: tuple = ()
     license: str = "apache-2.0"
     references: tuple = (_PAPER, _SOURCE)
+    checksums: dict = dataclasses.field(default_factory=dict)
 
     @property
     def kind(self):
@@ -140,12 +146,34 @@ def register_preset(spec, overwrite=False):
 
     if spec.name in BUNDLED_PRESETS:
         raise ValueError(f"{spec.name!r} is the name of a bundled preset.")
+    from uvim_keras.presets.cache import NAME_PATTERN
+
+    if not isinstance(spec.name, str) or not NAME_PATTERN.match(spec.name):
+        raise ValueError(f"preset name {spec.name!r}: use letters, digits, '_', '.' and '-' "
+                         "(no path separators, no leading dot); it names a cache folder.")
+    _check_checksums(spec)
     if spec.task not in ("panoptic", "depth", "colorization"):
         raise ValueError(f"task={spec.task!r}; expected panoptic, depth or colorization.")
     if (spec.stage2_url is None) != (spec.lm_config is None):
         raise ValueError("stage2_url and lm_config go together (both or neither).")
     PRESETS[spec.name] = spec
     return spec
+
+
+def _check_checksums(spec):
+    if not isinstance(spec.checksums, dict):
+        raise TypeError("checksums must be a dict {url: {'size': int, 'sha256': str}}.")
+    for url, pin in spec.checksums.items():
+        if url not in spec.urls:
+            raise ValueError(f"checksums names {url!r}, which is not one of the preset's URLs.")
+        if not isinstance(pin, dict) or set(pin) - {"size", "sha256"}:
+            raise ValueError(f"checksums[{url!r}] must be a dict with 'size' and/or 'sha256'.")
+        sha = pin.get("sha256")
+        if sha is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", str(sha)):
+            raise ValueError(f"checksums[{url!r}]['sha256'] is not a sha256 (64 hex digits).")
+        size = pin.get("size")
+        if size is not None and (not isinstance(size, int) or size < 0):
+            raise ValueError(f"checksums[{url!r}]['size'] must be a byte count.")
 
 
 def unregister_preset(name):
@@ -223,6 +251,13 @@ _RELEASES = {
     ),
 }
 
+# Published sizes and sha256 of the release files, {url: {"size", "sha256"}}.
+# big_vision publishes none and they could not be fetched offline when this
+# was written: until they are filled in, each URL is pinned by its first
+# download that converts (the cache's `*.pin.json`), and later downloads of
+# it must match that.
+RELEASE_CHECKSUMS = {}
+
 for _task, _r in _RELEASES.items():
     _common = dict(
         task=_task,
@@ -233,6 +268,7 @@ for _task, _r in _RELEASES.items():
         dataset_ids=_r["dataset_ids"],
         temperature=_r["temperature"],
     )
+    _urls = (_common["stage1_url"], f"{BIG_VISION_URL}/{_r['prefix']}_stageII_params.npz")
     _builtin(
         name=_r["name"],
         description=f"UViM {_r['what']}, {_r['dataset']}: stage-II LM + stage I (big_vision release)",
@@ -240,6 +276,7 @@ for _task, _r in _RELEASES.items():
         lm_config=copy.deepcopy(_LM),
         metrics=_r["metrics"],
         metrics_note=_r["note"],
+        checksums={u: dict(RELEASE_CHECKSUMS[u]) for u in _urls if u in RELEASE_CHECKSUMS},
         **_common,
     )
     _builtin(
@@ -247,6 +284,7 @@ for _task, _r in _RELEASES.items():
         description=f"UViM stage I (oracle + base model) for {_r['what']}, {_r['dataset']}",
         metrics=_r["stage1_metrics"],
         metrics_note="stage I alone: the oracle sees the ground-truth label (big_vision README)",
+        checksums={u: dict(RELEASE_CHECKSUMS[u]) for u in _urls[:1] if u in RELEASE_CHECKSUMS},
         **_common,
     )
-del _task, _r, _common
+del _task, _r, _common, _urls

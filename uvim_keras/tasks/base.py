@@ -10,6 +10,18 @@ A task tells the stage-I model
   (`loss`);
 * how logits become the task's outputs (`predict_outputs`).
 
+Labels are checked twice. `check_labels` / `check_label_values` check
+concrete (numpy) labels on the host: the models call it eagerly,
+`AdaptableModel.fit` on in-memory arrays before training and on every
+batch of a `tf.data` pipeline (inside the pipeline). Inside a compiled
+train step values cannot be checked on the host, so the built-in tasks'
+`loss` ends with `guard_loss`: a batch whose labels the task cannot encode
+(`label_error`: ids outside [0, num_classes), NaN depths, ...) gives a NaN
+loss (a few reductions over the labels), which `fit` stops on before the
+step is applied (`AdaptableModel.fit`, `stop_on_nan`). A custom task gets
+the same by implementing `label_error` and ending its `loss` with
+`return self.guard_loss(loss, labels, axis)`.
+
 `encode_labels` and `loss` work in either of two layouts, named by `axis`,
 the channel axis: image layout (B, H, W, c) with `axis=-1`, or patch layout
 (B, G, c, P) with `axis=-2` (G patches of P pixels, see `layers.patches`).
@@ -92,6 +104,32 @@ class UViMTask:
         """Checks the values of a concrete numpy label array."""
         if self.label_kind == "float" and not np.all(np.isfinite(labels)):
             raise ValueError(f"labels contain NaN or infinite values ({self.name} task).")
+
+    # -- in-graph check (compiled training) ------------------------------------
+    def label_error(self, labels, axis=-1):
+        """A boolean scalar tensor, True when raw `labels` (channels on
+        `axis`) hold values the task cannot encode; None when the task checks
+        nothing. Float tasks: any NaN or infinity. Runs inside the train
+        step (keras.ops only; a few reductions over the labels)."""
+        if self.label_kind == "float":
+            finite = keras.ops.isfinite(keras.ops.cast(labels, "float32"))
+            return keras.ops.logical_not(keras.ops.all(finite))
+        return None
+
+    def guard_loss(self, loss, labels, axis=-1):
+        """`loss`, made NaN when `label_error(labels, axis)` is True, so that
+        a compiled step never trains on labels the task cannot encode: `fit`
+        stops on the NaN before the step is applied (see the module doc)."""
+        bad = self.label_error(labels, axis)
+        if bad is None:
+            return loss
+        return loss + keras.ops.where(bad, float("nan"), 0.0)
+
+    def label_error_hint(self):
+        """What valid labels are, for the message of a NaN loss in `fit`."""
+        if self.label_kind == "float":
+            return "labels must be finite"
+        return ""
 
     def get_config(self):
         return {}

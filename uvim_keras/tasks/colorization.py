@@ -5,6 +5,9 @@ from keras import ops
 
 from uvim_keras.tasks.base import UViMTask
 
+#: How far colour labels may stray outside [-1, 1] (rounding) before they are refused.
+RANGE_TOLERANCE = 1e-3
+
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
 class ColorizationTask(UViMTask):
@@ -31,12 +34,29 @@ class ColorizationTask(UViMTask):
     def label_channels(self):
         return {"color": 3}
 
+    def check_label_values(self, labels):
+        if labels.size:
+            lo, hi = float(labels.min()), float(labels.max())
+            if not (lo >= -1 - RANGE_TOLERANCE and hi <= 1 + RANGE_TOLERANCE):
+                raise ValueError(
+                    f"labels (colours) range over [{lo:.4g}, {hi:.4g}]; expected finite RGB "
+                    "in [-1, 1] (x / 127.5 - 1 for uint8 colours).")
+
+    def label_error(self, labels, axis=-1):
+        labels = ops.cast(labels, "float32")  # NaN fails both comparisons
+        inside = ops.logical_and(ops.min(labels) >= -1 - RANGE_TOLERANCE,
+                                 ops.max(labels) <= 1 + RANGE_TOLERANCE)
+        return ops.logical_not(inside)
+
+    def label_error_hint(self):
+        return "labels (colours) must be finite RGB in [-1, 1]"
+
     def encode_labels(self, labels, axis=-1):
         return {"color": ops.cast(labels, "float32")}  # per element: any layout
 
     def loss(self, labels, logits, axis=-1):
         err = ops.cast(logits["color"], "float32") - ops.cast(labels, "float32")
-        return ops.mean(ops.square(err))
+        return self.guard_loss(ops.mean(ops.square(err)), labels, axis)
 
     def predict_outputs(self, logits):
         return ops.clip(logits["color"], -1.0, 1.0)

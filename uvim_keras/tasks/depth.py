@@ -55,7 +55,7 @@ class DepthTask(UViMTask):
     def loss(self, labels, logits, axis=-1):
         bins = self.depth_to_bins(label_channel(labels, 0, axis))
         xent = softmax_cross_entropy(one_hot(bins, self.bins, axis=axis), logits["depth"], axis)
-        return ops.mean(xent * ops.cast(bins != 0, xent.dtype))
+        return self.guard_loss(ops.mean(xent * ops.cast(bins != 0, xent.dtype)), labels, axis)
 
     def predict_outputs(self, logits):
         return self.bins_to_depth(ops.argmax(logits["depth"], axis=-1))

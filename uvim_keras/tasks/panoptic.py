@@ -20,6 +20,13 @@ class PanopticTask(UViMTask):
       logits** over its pixels; instances whose pixel fraction is not above
       `min_fraction` are removed (both channels 0). int32 (B, H, W, 2).
 
+    `class_names` (optional): one name per class, class 0 (void) included,
+    e.g. the synthetic shapes' ("void", "sky", "ground", "disc", "square",
+    "triangle"); pictures of predictions name the classes with them. Kept
+    in the config only when given (presets saved without it load as
+    before; pictures then fall back to COCO's names for 134 classes, else
+    "class k").
+
     Example:
     >>> task = PanopticTask(num_classes=134, max_instances=100, min_fraction=0.0)
     """
@@ -28,15 +35,23 @@ class PanopticTask(UViMTask):
     label_depth = 2
     label_kind = "int"
 
-    def __init__(self, num_classes=134, max_instances=100, min_fraction=0.0):
+    def __init__(self, num_classes=134, max_instances=100, min_fraction=0.0, class_names=None):
         if num_classes < 2 or max_instances < 1:
             raise ValueError(
                 f"num_classes={num_classes}, max_instances={max_instances}; "
                 "expected num_classes >= 2 and max_instances >= 1."
             )
+        if class_names is not None:
+            if isinstance(class_names, str) or not all(
+                    isinstance(n, str) for n in class_names) or len(class_names) != num_classes:
+                raise ValueError(
+                    f"class_names={class_names!r:.120}; expected {num_classes} strings, one per "
+                    "class (class 0 = void included).")
+            class_names = tuple(class_names)
         self.num_classes = int(num_classes)
         self.max_instances = int(max_instances)
         self.min_fraction = float(min_fraction)
+        self.class_names = class_names
 
     @property
     def label_channels(self):
@@ -52,6 +67,19 @@ class PanopticTask(UViMTask):
                     f"[{vals.min()}, {vals.max()}]; expected ids in [0, {limit})."
                 )
 
+    def label_error(self, labels, axis=-1):
+        ids = ops.cast(labels, "int32")
+        bad = None
+        for i, limit in enumerate((self.num_classes, self.max_instances)):
+            channel = label_channel(ids, i, axis)
+            out = ops.logical_or(ops.min(channel) < 0, ops.max(channel) >= limit)
+            bad = out if bad is None else ops.logical_or(bad, out)
+        return bad
+
+    def label_error_hint(self):
+        return (f"labels[..., 0] (semantic ids) must be in [0, {self.num_classes}) and "
+                f"labels[..., 1] (instance ids) in [0, {self.max_instances})")
+
     def encode_labels(self, labels, axis=-1):
         labels = ops.cast(labels, "int32")
         return {
@@ -64,18 +92,21 @@ class PanopticTask(UViMTask):
         per_pixel = sum(
             softmax_cross_entropy(target[k], logits[k], axis) for k in ("semantics", "instances")
         )
-        return ops.mean(per_pixel)
+        return self.guard_loss(ops.mean(per_pixel), labels, axis)
 
     def predict_outputs(self, logits, min_fraction=None):
         min_fraction = self.min_fraction if min_fraction is None else min_fraction
         return panoptic_from_logits(logits["semantics"], logits["instances"], min_fraction)
 
     def get_config(self):
-        return {
+        config = {
             "num_classes": self.num_classes,
             "max_instances": self.max_instances,
             "min_fraction": self.min_fraction,
         }
+        if self.class_names is not None:
+            config["class_names"] = list(self.class_names)
+        return config
 
 
 def panoptic_from_logits(semantics, instances, min_fraction=0.0):

@@ -27,6 +27,7 @@ from uvim_keras.training.callbacks import (
 from uvim_keras.training.checkpoint import (
     CheckpointError,
     CheckpointInfo,
+    CheckpointWriteError,
     CorruptCheckpointError,
     is_main_process,
     latest_checkpoint,
@@ -39,7 +40,8 @@ from uvim_keras.training.checkpoint import (
 from uvim_keras.training.run import FitResult, StopAtStep, fit_resumable, position_data
 
 __all__ = [
-    "CheckpointError", "CheckpointInfo", "CorruptCheckpointError", "FitResult",
+    "CheckpointError", "CheckpointInfo", "CheckpointWriteError", "CorruptCheckpointError",
+    "FitResult",
     "NonFiniteLossError",
     "ResumableCheckpoint", "StopAtStep", "StopOnNonFinite", "TrainingLogger", "fit_resumable",
     "is_main_process", "latest_checkpoint", "learning_rate_at", "list_checkpoints",

@@ -31,14 +31,16 @@ from uvim_keras.training.checkpoint import (
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
-    def __init__(self, step, name, value, logs):
+    def __init__(self, step, name, value, logs, note=None):
         self.step, self.name, self.value, self.logs = step, name, value, dict(logs)
+        self.note = note
         shown = ", ".join(f"{k}={v:.6g}" for k, v in self.logs.items()
                           if isinstance(v, (int, float)))
         super().__init__(
             f"non-finite {name} at step {step}: {name}={value} ({shown}). Keras logs the mean "
             "since the start of the epoch, so this is the first step whose loss was not finite. "
-            "Training stopped; checkpoints written before this step are intact.")
+            "Training stopped; checkpoints written before this step are intact."
+            + (f" {note}" if note else ""))
 
 
 def _scalar_logs(logs):
@@ -101,11 +103,15 @@ class StopOnNonFinite(_GlobalStep):
     `raise_error=False` it prints the same message and sets
     ``model.stop_training`` instead; `ResumableCheckpoint` never saves such
     a state). Put it before `ResumableCheckpoint` in the callback list.
+    `note`: text (or a function of the model returning it) appended to the
+    message. uvim_keras models add one to their ``fit`` by default (see
+    `uvim_keras.training.nonfinite`).
     """
 
-    def __init__(self, raise_error=True):
+    def __init__(self, raise_error=True, note=None):
         super().__init__()
         self.raise_error = bool(raise_error)
+        self.note = note
         self.error = None
 
     def on_train_batch_end(self, batch, logs=None):
@@ -114,8 +120,10 @@ class StopOnNonFinite(_GlobalStep):
         bad = _non_finite_loss(logs)
         if bad is None:
             return
-        self.error = NonFiniteLossError(self.step, bad[0], bad[1], logs)
+        note = self.note(self._model) if callable(self.note) else self.note
+        self.error = NonFiniteLossError(self.step, bad[0], bad[1], logs, note=note)
         if self.raise_error:
+            self.model  # noqa: B018  (on JAX: attaches the training state to the variables)
             raise self.error
         print(f"\n{self.error}", flush=True)
         self._model.stop_training = True

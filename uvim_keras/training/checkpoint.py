@@ -20,7 +20,19 @@ checkpoint or none that `list_checkpoints` would return: a directory is only
 trusted when its name is ``ckpt-<step>``, its ``meta.json`` parses and
 ``state.npz`` has the recorded size; restoring also checks every array (the
 zip CRCs of ``.npz``) *before* assigning anything, and `resume` falls back
-to the previous checkpoint when the newest cannot be read.
+to the previous checkpoint when the newest cannot be read, moving the
+unreadable one into ``<directory>/corrupt/`` (named in a warning) so that
+it is never resumed from or counted by pruning again. When checkpoints
+exist but none can be read (or only ``corrupt/`` holds any), `resume`
+raises `CorruptCheckpointError` instead of starting again from step 0.
+
+Pruning (``keep``) only ever deletes checkpoints *older* than the one just
+written, keeping the newest ``keep`` of those up to it: a checkpoint with a
+higher step (from a run this one does not continue) is neither deleted nor
+counted. A write that fails (a full disk: ``OSError``) removes its partial
+files, deletes nothing and raises `CheckpointWriteError` (an ``OSError``
+too, with the errno) whose one-line message names the path; the earlier
+checkpoints stay intact and a rerun resumes from the newest.
 
 Variables are matched by position (variable paths contain global layer
 counters such as ``seed_generator_3`` that differ between processes) and
@@ -46,6 +58,7 @@ FORMAT = "uvim_keras.checkpoint/1"
 STATE_FILE = "state.npz"
 META_FILE = "meta.json"
 PREFIX = "ckpt-"
+CORRUPT_DIR = "corrupt"
 _NAME = re.compile(r"^ckpt-(\d+)$")
 
 
@@ -54,7 +67,22 @@ class CheckpointError(RuntimeError):
 
 
 class CorruptCheckpointError(CheckpointError):
-    """A complete-looking checkpoint whose arrays cannot be read."""
+    """A complete-looking checkpoint whose arrays cannot be read (or, from
+    `resume`, a directory whose checkpoints are all unreadable)."""
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """Writing a checkpoint failed (e.g. a full disk). An ``OSError`` too:
+    ``errno`` and ``filename`` are those of the failed write; the message is
+    one line naming the checkpoint's path."""
+
+    def __init__(self, message, errno=None, filename=None):
+        super().__init__(message)
+        self.errno, self.filename = errno, filename
+        self.strerror = message
+
+    def __str__(self):  # the message alone (OSError's would prefix errno, append the file)
+        return self.args[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,35 +302,75 @@ def save_checkpoint(model, directory, step=None, *, epoch=0, extra=None, keep=3,
     final = os.path.join(directory, name)
     info = None
     if is_main_process():
-        os.makedirs(directory, exist_ok=True)
-        _clean_stale(directory)
-        tmp = os.path.join(directory, f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        os.makedirs(tmp)
-        state_path = os.path.join(tmp, STATE_FILE)
-        _write_file(state_path, lambda f: np.savez(f, **arrays))
-        meta = {
+        meta = _write_checkpoint(directory, final, arrays, {
             "format": FORMAT, "step": step, "epoch": int(epoch), "time": time.time(),
             "backend": keras.backend.backend(), "model_class": type(model).__name__,
-            "state_bytes": os.path.getsize(state_path), "variables": specs,
-            "extra": extra or {},
-        }
-        _write_file(os.path.join(tmp, META_FILE),
-                    lambda f: f.write(json.dumps(meta, indent=1).encode()))
-        _fsync_dir(tmp)
-        if os.path.exists(final):  # the same step saved again (e.g. after a resume)
-            _remove_dir(final)
-        os.replace(tmp, final)
-        _fsync_dir(directory)
+            "variables": specs, "extra": extra or {},
+        })
         info = _info(final, meta)
-        _prune(directory, keep, keep_every_n_steps)
+        _prune(directory, keep, keep_every_n_steps, step)
     _barrier(f"uvim_keras_checkpoint_{step}")
     return info or CheckpointInfo(final, step, int(epoch), time.time(), dict(extra or {}))
 
 
-def _prune(directory, keep, keep_every_n_steps):
+def _write_checkpoint(directory, final, arrays, meta):
+    """Writes `arrays` and `meta` as the checkpoint `final`, atomically
+    (module doc); an OSError becomes `CheckpointWriteError` with nothing
+    deleted and no partial files left. Returns the meta written."""
+    tmp = trash = None
+    doing = "creating the directory"
+    try:
+        os.makedirs(directory, exist_ok=True)
+        _clean_stale(directory)
+        tmp = os.path.join(directory, f".tmp-{os.path.basename(final)}-{os.getpid()}-"
+                                      f"{uuid.uuid4().hex[:8]}")
+        os.makedirs(tmp)
+        state_path = os.path.join(tmp, STATE_FILE)
+        doing = f"writing {STATE_FILE}"
+        _write_file(state_path, lambda f: np.savez(f, **arrays))
+        meta = {**meta, "state_bytes": os.path.getsize(state_path)}
+        doing = f"writing {META_FILE}"
+        _write_file(os.path.join(tmp, META_FILE),
+                    lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        _fsync_dir(tmp)
+        doing = "moving it into place"
+        if os.path.exists(final):  # the same step saved again (e.g. after a resume)
+            trash = os.path.join(directory, f".trash-{os.path.basename(final)}-"
+                                            f"{uuid.uuid4().hex}")
+            os.replace(final, trash)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if trash is not None:
+                os.replace(trash, final)
+                trash = None
+            raise
+        tmp = None
+        _fsync_dir(directory)
+    except OSError as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            latest = latest_checkpoint(directory)
+        except OSError:
+            latest = None
+        resume_from = ("no earlier checkpoint" if latest is None
+                       else f"a rerun resumes from {latest.path} (step {latest.step})")
+        reason = f"[Errno {e.errno}] {e.strerror}" if e.strerror else str(e)
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {final} ({doing}): {reason}; nothing was deleted, "
+            f"{resume_from}.", errno=e.errno, filename=final) from e
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+    return meta
+
+
+def _prune(directory, keep, keep_every_n_steps, saved_step):
+    """Deletes the checkpoints older than the newest `keep` up to
+    `saved_step` (the one just written); higher steps are left alone."""
     if keep is None:
         return
-    checkpoints = list_checkpoints(directory)
+    checkpoints = [c for c in list_checkpoints(directory) if c.step <= saved_step]
     for c in checkpoints[:-int(keep)]:
         if keep_every_n_steps and c.step % int(keep_every_n_steps) == 0:
             continue
@@ -366,25 +434,57 @@ def restore_checkpoint(model, checkpoint):
     return _info(path, meta)
 
 
+def _move_aside(path):
+    """Moves the checkpoint `path` into ``corrupt/`` next to it; returns
+    its new path (or `path` if it could not be moved)."""
+    corrupt = os.path.join(os.path.dirname(path), CORRUPT_DIR)
+    target = os.path.join(corrupt, os.path.basename(path))
+    if os.path.exists(target):
+        target = f"{target}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.makedirs(corrupt, exist_ok=True)
+        os.replace(path, target)
+    except OSError:
+        return path
+    return target
+
+
 def resume(model, directory):
     """Restores the newest readable checkpoint in `directory` into `model`.
 
     Returns its `CheckpointInfo` (``info.step`` batches were consumed; the
     optimizer's ``iterations`` equals it), or None when there is none (the
     model is left as it is). A newest checkpoint that cannot be read is
-    skipped with a warning in favour of the previous one; one that does not
-    fit the model raises `CheckpointError`.
+    moved into ``<directory>/corrupt/`` with a warning in favour of the
+    previous one; one that does not fit the model raises `CheckpointError`.
+    When there are checkpoints but none can be read, or no checkpoint but
+    ``corrupt/`` holds some, raises `CorruptCheckpointError` (naming them):
+    a run never silently starts again from step 0. Remove (or rename)
+    ``corrupt/`` to start from scratch in that directory.
     """
+    moved = []
     for checkpoint in reversed(list_checkpoints(directory)):
         try:
             return restore_checkpoint(model, checkpoint)
         except CorruptCheckpointError as e:
-            warnings.warn(f"skipping an unreadable checkpoint: {e}", stacklevel=2)
+            target = _move_aside(checkpoint.path) if is_main_process() else checkpoint.path
+            moved.append(target)
+            warnings.warn(f"skipping an unreadable checkpoint (moved to {target}): {e}",
+                          stacklevel=2)
+    corrupt = os.path.join(os.fspath(directory), CORRUPT_DIR) if directory is not None else None
+    aside = sorted(os.listdir(corrupt)) if corrupt and os.path.isdir(corrupt) else []
+    if moved or aside:
+        names = ", ".join(aside or [os.path.basename(p) for p in moved])
+        raise CorruptCheckpointError(
+            f"no readable checkpoint in {directory}: the unreadable ones are in {corrupt} "
+            f"({names}); resuming would start again from step 0. Remove or rename {corrupt} "
+            "to start from scratch, or put a readable checkpoint back.")
     return None
 
 
 __all__ = [
-    "CheckpointError", "CheckpointInfo", "CorruptCheckpointError", "is_main_process",
+    "CheckpointError", "CheckpointInfo", "CheckpointWriteError", "CorruptCheckpointError",
+    "is_main_process",
     "latest_checkpoint", "list_checkpoints", "optimizer_step",
     "restore_checkpoint", "resume", "save_checkpoint", "training_variables",
 ]

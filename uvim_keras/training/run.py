@@ -38,6 +38,7 @@ start at the resume step, so only their boundaries move, not the training.
 """
 
 import dataclasses
+import inspect
 import itertools
 import math
 import os
@@ -167,7 +168,9 @@ def fit_resumable(model, data, *, workdir, total_steps, steps_per_epoch=None,
       checkpoint_every, keep, keep_every_n_steps: `ResumableCheckpoint`.
       log_every: `TrainingLogger` period (None: no logger).
       tensorboard: write TensorBoard scalars (else only metrics.jsonl).
-      stop_on_nonfinite: raise `NonFiniteLossError` at a NaN/inf loss.
+      stop_on_nonfinite: raise `NonFiniteLossError` at a NaN/inf loss (uvim_keras
+        models also leave that step unapplied: `AdaptableModel.fit`); False
+        trains on (``fit(..., stop_on_nan=False)`` for them).
       resume: restore the newest checkpoint of the workdir. With False, a
         workdir that already has checkpoints is an error.
       callbacks: more Keras callbacks (they run before the checkpoint).
@@ -211,6 +214,8 @@ def fit_resumable(model, data, *, workdir, total_steps, steps_per_epoch=None,
     data, example = _with_example(position_data(data, start))
     _build_for_fit(model, example)
     fit_kwargs.setdefault("shuffle", False)  # a stream: nothing for Keras to shuffle
+    if not stop_on_nonfinite and "stop_on_nan" in inspect.signature(model.fit).parameters:
+        fit_kwargs.setdefault("stop_on_nan", False)  # uvim_keras models stop by default
     history = model.fit(data, epochs=epochs, initial_epoch=initial_epoch,
                         steps_per_epoch=spe, callbacks=all_callbacks, verbose=verbose,
                         **fit_kwargs)

@@ -34,6 +34,7 @@ from uvim_keras.presets.hub.preprocessing import (
     UViMPreprocessor,
 )
 from uvim_keras.presets.images import OUTPUT_RESIZE, resize_output
+from uvim_keras.presets.layout import PresetError
 
 
 class _Parts:
@@ -114,6 +115,15 @@ class UViMStage2Task(keras_hub.models.Task):
     def _preprocessor_kwargs(cls):
         return {}
 
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """keras-hub's `from_preset`, after checking that the stage-I config
+        `task.json` copies is the preset's `config.json`
+        (`check_backbone_config`)."""
+        check_backbone_config(preset)
+        return keras_hub.models.Task.from_preset.__func__(cls, preset, load_weights=load_weights,
+                                                          **kwargs)
+
     def to_uvim(self):
         """The complete `UViM` (shares the LM and stage-I weights)."""
         return UViM.from_stage1(self.lm, self.backbone.stage1, self.temperature)
@@ -155,6 +165,53 @@ class UViMStage2Task(keras_hub.models.Task):
         return cls(**config)
 
 
+_INSTANCE_KEYS = ("name",)  # per-instance Keras keys that may differ between the two copies
+
+
+def _arch(config):
+    config = dict(config)
+    config["config"] = {k: v for k, v in dict(config.get("config") or {}).items()
+                        if k not in _INSTANCE_KEYS}
+    return config
+
+
+def check_backbone_config(preset):
+    """Raises PresetError when a preset's `task.json` holds a stage-I config
+    other than its `config.json`.
+
+    A complete preset stores the stage-I model's config twice: `config.json`
+    (what `UViMStage1.from_preset` and keras-hub's `Backbone.from_preset`
+    build) and, inside `task.json`, the copy keras-hub's task loader builds
+    the task's backbone from. `config.json` is the authoritative one; both
+    are written from the same model, so a difference means a hand-edited or
+    mixed folder, and loading it as a UViM would build another stage-I model
+    than loading it as a stage-I model. Such a preset is refused, naming the
+    keys that differ, instead of silently taking either copy. Presets
+    without a task.json, or whose task.json has no backbone, pass.
+    """
+    from keras_hub.src.utils.preset_utils import check_file_exists, load_json
+
+    if not check_file_exists(preset, "task.json"):
+        return
+    task = load_json(preset, "task.json")
+    copy = (task.get("config") or {}).get("backbone") if isinstance(task, dict) else None
+    if not isinstance(copy, dict):
+        return
+    config = load_json(preset, "config.json")
+    if _arch(copy) == _arch(config):
+        return
+    outer = sorted(k for k in set(copy) | set(config)
+                   if k != "config" and copy.get(k) != config.get(k))
+    inner_a, inner_b = _arch(copy)["config"], _arch(config)["config"]
+    inner = sorted(k for k in set(inner_a) | set(inner_b) if inner_a.get(k) != inner_b.get(k))
+    raise PresetError(
+        f"preset {preset}: the stage-I config copied in task.json differs from config.json "
+        f"(in {', '.join(outer + inner)}). config.json is the preset's stage-I config; the folder "
+        "was edited or mixed from two presets. Save the model again with save_to_preset (or "
+        "restore the original files)."
+    )
+
+
 def _is_image(x):
     return isinstance(x, np.ndarray) and x.ndim == 3 and x.shape[-1] == 3
 
@@ -185,6 +242,7 @@ def _uvim_task(cls):
     win over UViMStage2Task's."""
     for name in ("__init__", "get_config", "call", "predict", "compile"):
         setattr(cls, name, getattr(UViMStage2Task, name))
+    cls.from_preset = UViMStage2Task.__dict__["from_preset"]  # (the classmethod itself)
     cls.backbone_cls = UViMStage1Backbone
     return keras.saving.register_keras_serializable(package="uvim_keras")(cls)
 
