@@ -294,6 +294,30 @@ def test_saved_presets_record_their_files(tmp_path):
     assert layout.verify_integrity(tmp_path / "saved") is True
 
 
+def test_update_model_card_rewrites_the_card_only(tmp_path):
+    import shutil
+
+    from uvim_keras.presets import layout
+    from uvim_keras.presets.api import update_model_card
+    from uvim_keras.presets.bundled import BUNDLED_DIR
+
+    folder = tmp_path / "copy"
+    shutil.copytree(BUNDLED_DIR / "shapes_depth", folder)
+    before = layout.file_records(folder)
+    update_model_card(folder, metrics={"RMSE": 0.5}, description="re-measured")
+    info = json.loads((folder / "uvim_preset.json").read_text())
+    assert info["metrics"] == {"RMSE": 0.5} and info["description"] == "re-measured"
+    assert info["files"] == before == layout.file_records(folder)
+    assert "0.5" in (folder / "README.md").read_text()
+    with pytest.raises(TypeError, match="unexpected model card fields"):
+        update_model_card(folder, weights="x")
+    (folder / "model.weights.h5").write_bytes(b"not the recorded file")
+    with pytest.raises(Exception, match="model.weights.h5"):
+        update_model_card(folder, metrics={"RMSE": 0.4})
+    with pytest.raises(Exception, match="not a saved UViM"):
+        update_model_card(tmp_path)
+
+
 def test_stage1_config_is_authoritative(tmp_path):
     from uvim_keras import UViM, UViMStage1
     from uvim_keras.presets import PresetError, hub, layout

@@ -50,9 +50,12 @@ class DemoConfig:
     oracle_depth: int = 1
     base_depth: int = 2
     lm_layers: int = 2
+    lm_width: int = 96
+    lm_mlp_dim: int = 192
     train_examples: int = 4000
     eval_examples: int = 200
     batch_size: int = 32
+    no_code_epochs: int = 12
     stage1_epochs: int = 12
     stage2_epochs: int = 20
     learning_rate: float = 2e-3
@@ -64,8 +67,8 @@ class DemoConfig:
     def quick(self):
         return dataclasses.replace(
             self, size=32, code_len=16, dict_size=32, width=64, mlp_dim=128,
-            base_depth=1, lm_layers=1, train_examples=256,
-            eval_examples=32, stage1_epochs=2, stage2_epochs=2,
+            base_depth=1, lm_layers=1, lm_width=64, lm_mlp_dim=128, train_examples=256,
+            eval_examples=32, no_code_epochs=2, stage1_epochs=2, stage2_epochs=2,
         )
 
 
@@ -136,9 +139,12 @@ def _check_args(task, seed, out, config):
     if config.code_dropout not in CODE_DROPOUT_MODES:
         raise ValueError(f"code_dropout={config.code_dropout!r}; expected one of "
                          f"{CODE_DROPOUT_MODES}.")
-    if config.lm_init_from_no_code and config.lm_layers != config.base_depth:
-        raise ValueError(f"lm_init_from_no_code needs lm_layers == base_depth; got "
-                         f"{config.lm_layers} and {config.base_depth}.")
+    if config.lm_init_from_no_code and (config.lm_layers, config.lm_width, config.lm_mlp_dim) != (
+            config.base_depth, config.width, config.mlp_dim):
+        raise ValueError(
+            "lm_init_from_no_code needs the LM's encoder shaped as the base model: "
+            f"(lm_layers, lm_width, lm_mlp_dim) = {(config.lm_layers, config.lm_width, config.lm_mlp_dim)}"
+            f" and (base_depth, width, mlp_dim) = {(config.base_depth, config.width, config.mlp_dim)}.")
     try:
         os.makedirs(out, exist_ok=True)
         probe = os.path.join(out, ".write_test")
@@ -189,8 +195,8 @@ def _lm(config, seed):
     keras.utils.set_random_seed(seed)
     return GuidingCodeLM(
         input_size=config.size, patch_size=config.patch_size, code_len=config.code_len,
-        dict_size=config.dict_size, width=config.width, num_layers=config.lm_layers,
-        num_heads=config.num_heads, mlp_dim=config.mlp_dim,
+        dict_size=config.dict_size, width=config.lm_width, num_layers=config.lm_layers,
+        num_heads=config.num_heads, mlp_dim=config.lm_mlp_dim,
     )
 
 
@@ -260,7 +266,7 @@ def _figure(path, task_name, task, data, columns, *, seed, metrics, rows=6):
 #: Cost of one training step of each stage relative to one step of the no-code
 #: model, measured on the default panoptic run (JAX, CPU); used only to
 #: estimate the time left before a stage has run.
-STEP_COST = {"no code": 1.0, "stage I": 1.3, "stage II": 1.5}
+STEP_COST = {"no code": 1.0, "stage I": 1.75, "stage II": 1.8}
 
 
 def _clock(seconds):
@@ -297,14 +303,15 @@ class _Plan:
         plan = self
 
         class Progress(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                self.t_epoch = time.time()
+            last_end = None
 
             def on_epoch_end(self, epoch, logs=None):
                 steps_per_epoch = plan.steps[stage] // epochs
-                if epoch > 0 or epochs == 1:  # the first epoch pays the compilation
-                    per_step = (time.time() - self.t_epoch) / max(steps_per_epoch, 1)
+                now = time.time()
+                if self.last_end is not None:  # not the first epoch: it pays the compilation
+                    per_step = (now - self.last_end) / max(steps_per_epoch, 1)
                     plan.per_unit = per_step / STEP_COST[stage]
+                self.last_end = now
                 left = plan.remaining(stage, (epoch + 1) * steps_per_epoch)
                 eta = "" if left is None else f", about {_clock(left)} left"
                 loss = f"loss {logs['loss']:.3f}, " if logs and "loss" in logs else ""
@@ -337,7 +344,7 @@ def run_demo(task="panoptic", out="uvim_demo", seed=0, quick=False, config=None,
 
     timings = {}
     steps = {name: epochs * (config.train_examples // config.batch_size) for name, epochs in (
-        ("no code", config.stage1_epochs), ("stage I", config.stage1_epochs),
+        ("no code", config.no_code_epochs), ("stage I", config.stage1_epochs),
         ("stage II", config.stage2_epochs))}
     plan = _Plan(steps, say)
 
@@ -354,8 +361,8 @@ def run_demo(task="panoptic", out="uvim_demo", seed=0, quick=False, config=None,
     headline("[2/5] training the base model without a code (the 'no oracle' ablation)")
     t = time.time()
     baseline = _stage1(task_obj, config, seed, zero_code=True)
-    baseline.compile(optimizer=_schedule(config, config.stage1_epochs, config.train_examples))
-    fit(baseline, train, "no code", config.stage1_epochs)
+    baseline.compile(optimizer=_schedule(config, config.no_code_epochs, config.train_examples))
+    fit(baseline, train, "no code", config.no_code_epochs)
     timings["no_code_train_s"] = time.time() - t
 
     headline("[3/5] training stage I: oracle + vector quantizer + code dropout + base model")
@@ -463,6 +470,24 @@ def _half_precision_h5(path):
                       if getattr(data, "dtype", None) == np.float32 else data)
 
 
+def preset_metrics(uvim, task, seed=0, size=64, eval_examples=200):
+    """The metrics a bundled preset records (`uvim_preset.json`, its model
+    card): `uvim` at its default temperature on the demo's held-out split
+    (`eval_examples` images, seed `seed + 10000`), predicted with
+    `predict(images, batch_size=64, seed=seed)` (the seed matters only when
+    sampling); the task's headline metric (and for colorization MSE and the
+    ground truth's colourfulness), rounded to 3 decimals."""
+    from uvim_keras.data.synthetic import make_synthetic
+
+    held_out = make_synthetic(task, eval_examples, size=size, seed=seed + 10_000)
+    pred = uvim.predict(held_out["image"], batch_size=64, verbose=0, seed=seed)
+    row = _evaluate(task, _make_task(task), held_out["labels"], pred)
+    names = [HEADLINE[task][0]]
+    if task == "colorization":
+        names += ["MSE", "colourfulness_ground_truth"]
+    return {name: round(row[name], 3) for name in names}
+
+
 def save_demo_preset(out, task, preset_dir, half_precision=True):
     """Writes the UViM of a finished demo run (folder `out`) as a keras-hub
     preset; this is how `weights/shapes_*` were made.
@@ -476,7 +501,7 @@ def save_demo_preset(out, task, preset_dir, half_precision=True):
     import keras
 
     import uvim_keras  # noqa: F401  (registers the classes)
-    from uvim_keras.data.synthetic import SYNTHETIC_TASKS, make_synthetic
+    from uvim_keras.data.synthetic import SYNTHETIC_TASKS
 
     with open(os.path.join(out, f"{task}_report.json")) as f:
         report = json.load(f)
@@ -485,13 +510,8 @@ def save_demo_preset(out, task, preset_dir, half_precision=True):
     if half_precision:
         uvim.set_weights([w.astype(np.float16).astype(np.float32) if w.dtype == np.float32
                           else w for w in uvim.get_weights()])
-    held_out = make_synthetic(task, config["eval_examples"], size=config["size"],
-                              seed=seed + 10_000)
-    pred = uvim.predict(held_out["image"], batch_size=64, verbose=0, seed=seed)
-    row = _evaluate(task, _make_task(task), held_out["labels"], pred)
-    metrics = {head: round(row[head], 3)}
-    if task == "colorization":
-        metrics.update({k: round(row[k], 3) for k in ("MSE", "colourfulness_ground_truth")})
+    metrics = preset_metrics(uvim, task, seed=seed, size=config["size"],
+                             eval_examples=config["eval_examples"])
     size = config["size"]
     stored = " Weights stored as float16." if half_precision else ""
     uvim.save_to_preset(
@@ -505,6 +525,9 @@ def save_demo_preset(out, task, preset_dir, half_precision=True):
         metrics=metrics,
     )
     if half_precision:
+        from uvim_keras.presets.layout import record_integrity
+
         for name in ("model.weights.h5", "task.weights.h5"):
             _half_precision_h5(os.path.join(preset_dir, name))
+        record_integrity(preset_dir)  # the files just rewritten
     return preset_dir

@@ -371,15 +371,24 @@ def preset_info(handle):
 
 
 # -- saving -----------------------------------------------------------------------
+#: The model card fields `save_to_preset` and `update_model_card` take.
+CARD_FIELDS = ("description", "metrics", "dataset", "name", "metrics_note", "license",
+               "dataset_ids", "base_model")
+
+
+def _with_card(info, card):
+    unknown = set(card) - set(CARD_FIELDS)
+    if unknown:
+        raise TypeError(f"unexpected model card fields: {sorted(unknown)}.")
+    info = dict(info or {})
+    info.update({k: v for k, v in card.items() if v is not None})
+    return info
+
+
 def _card_info(model, kind, info, card):
     from uvim_keras.presets.conversion import task_name
 
-    info = dict(info or {})
-    info.update({k: v for k, v in card.items() if v is not None})
-    unknown = set(card) - {"description", "metrics", "dataset", "name", "metrics_note", "license",
-                           "dataset_ids", "base_model"}
-    if unknown:
-        raise TypeError(f"unexpected model card fields: {sorted(unknown)}.")
+    info = _with_card(info, card)
     info.setdefault("task", task_name(model.task))
     info["kind"] = kind
     info[layout.LAYOUT_KEY] = layout.WEIGHTS_LAYOUT
@@ -438,6 +447,30 @@ def save_uvim(uvim, preset_dir, max_shard_size=10, info=None, **card):
                 else [type(task).__base__.__name__])
     config = {"stage1": hub.stage1_arch_config(uvim.stage1), "lm": _lm_config(uvim.lm)}
     return _finish(preset_dir, info, config)
+
+
+def update_model_card(preset_dir, **card):
+    """Updates model-card fields (`metrics`, `description`, `dataset`, ...)
+    of a local preset folder saved by `save_to_preset`: its `uvim_preset.json`
+    and `README.md` are rewritten, its configs and weights are not touched
+    (their integrity record is checked first and kept).
+
+    Example:
+    >>> update_model_card("weights/shapes_panoptic", metrics={"PQ": 55.366})
+    """
+    info = layout.read_info(preset_dir)
+    if not info or info.get("kind") not in ("uvim", "stage1"):
+        raise PresetError(f"preset_dir={os.fspath(preset_dir)!r} is not a saved UViM or stage-I "
+                          "preset folder (no uvim_preset.json of either kind).")
+    layout.verify_integrity(preset_dir, info=info)
+    if info["kind"] == "uvim":
+        uvim = load_uvim(os.fspath(preset_dir), load_weights=False)
+        config = {"stage1": _import_hub().stage1_arch_config(uvim.stage1),
+                  "lm": _lm_config(uvim.lm)}
+    else:
+        config = {"stage1": _import_hub().stage1_arch_config(
+            load_stage1(os.fspath(preset_dir), load_weights=False))}
+    return _finish(preset_dir, _with_card(info, card), config)
 
 
 def _name_tasks(preset_dir, tasks):
