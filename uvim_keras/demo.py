@@ -37,6 +37,21 @@ class DemoConfig:
     2-block base model gave the same ordering (UViM about 10 PQ above no code,
     the oracle about 13 above UViM) at a third of the compute of width 128
     with 2 + 3 blocks, which keeps the default run within minutes on 2 cores.
+
+    Fields: image `size`, `patch_size`; the guiding code (`code_len` words
+    from `dict_size`, `codeword_dim`-d codewords, `code_dropout` mode); the
+    stage-I ViTs (`width`, `num_heads`, `mlp_dim`, `oracle_depth`,
+    `base_depth`, `oracle_image_ctx`: whether the oracle also sees the
+    image); the LM (`lm_layers` encoder and decoder blocks, `lm_width`,
+    `lm_mlp_dim`); data (`train_examples`, `eval_examples`); schedule
+    (`batch_size`, `learning_rate`, and the epochs of the no-code model,
+    stage I and stage II); `lm_init_from_no_code` / `base_init_from_no_code`
+    start the LM's image encoder / stage I's base model from the trained
+    no-code model (as the paper starts from pretrained ViTs).
+
+    Example:
+    >>> config = dataclasses.replace(demo_config("panoptic"), stage2_epochs=10)
+    >>> # run_demo("panoptic", config=config)
     """
 
     size: int = 64
@@ -74,42 +89,16 @@ class DemoConfig:
 
 DEFAULT_CONFIG = DemoConfig()
 
-#: The default recipe of each task (`uvim-keras demo --task NAME`).
-#:
-#: * panoptic: `DEFAULT_CONFIG` (see `DemoConfig`).
-#: * depth: with the panoptic recipe UViM was far worse than no code (held-out
-#:   RMSE: no code 0.550, oracle 0.401, UViM 1.083). Why: the LM's greedy code
-#:   matched the oracle's on 6% of the words, on training images as on held-out
-#:   ones (teacher-forced 63%: the code comes in runs along rows, so the LM only
-#:   learnt to copy the previous word); its code decoded no better than a random
-#:   code (RMSE 1.06 vs 1.02) and much worse than an all-zero code (0.65): the
-#:   base model takes the objects from the code rather than the image, and an
-#:   LM trained from scratch on 4000 images with subtle depth cues never learnt
-#:   to see them. Proxy runs (2000 images, 8 + 12 epochs; RMSE no code /
-#:   oracle / UViM, LM word accuracy on held-out images): the panoptic recipe
-#:   with the oracle blind to the image (128 bins) 0.645 / 0.477 / 1.084 (9%);
-#:   with 64 bins (half the cost) and the LM's image encoder
-#:   started from the trained no-code model (`lm_init_from_no_code`) 0.628 /
-#:   0.474 / 0.734 (21%); plus a blind oracle
-#:   0.638 / 0.471 / 0.853 (19%); plus a 16-word dictionary 0.628 / 0.484 /
-#:   0.733 (33%); plus a 16-word code 0.628 / 0.518 / 0.724 (19%); plus stage
-#:   I's base model started from the no-code model (`base_init_from_no_code`)
-#:   0.628 / 0.417 / 0.717 (15%), the recipe kept. 3000 images and 10 stage-I
-#:   epochs keep the run within 10 minutes on 2 cores (depth's 64-bin heads
-#:   cost more than panoptic's 15 channels). Default runs: seed 0 0.574 /
-#:   0.388 / 0.589, seed 1 0.587 / 0.378 / 0.552 (17% of the words on held-out
-#:   images; the all-zero code now gives 0.597 / 0.577, random codes 0.93).
-#: * colorization: the panoptic recipe with `lm_init_from_no_code` (proxy, 2000
-#:   images, 8 + 12 epochs: MSE / colourfulness, ground truth 0.348: no code
-#:   0.053 / 0.204 (greyish averages), oracle 0.016 / 0.336, UViM T=0 0.061 /
-#:   0.238, UViM T=1 0.087 / 0.323: the sampled code picks colours). Default
-#:   runs: seed 0 no code 0.052 / 0.213, oracle 0.009 / 0.342, UViM T=0 0.087 /
-#:   0.337, T=1 0.091 / 0.338 (ground truth 0.348); seed 1 0.058 / 0.215,
-#:   0.010 / 0.358, 0.096 / 0.355, 0.108 / 0.353 (ground truth 0.363).
+#: The default recipe of each task (`uvim-keras demo --task NAME`): panoptic
+#: `DEFAULT_CONFIG`; depth with 3000 images, 10 stage-I epochs and the LM's
+#: encoder and stage I's base model started from the no-code model;
+#: colorization with the LM's encoder started from the no-code model. Why
+#: (the proxy runs behind each choice): benchmarks/README.md, "The demo's
+#: recipes".
 TASK_CONFIGS = {
     "panoptic": DEFAULT_CONFIG,
     "depth": dataclasses.replace(
-        DEFAULT_CONFIG, train_examples=3000, stage1_epochs=10,
+        DEFAULT_CONFIG, train_examples=3000, no_code_epochs=10, stage1_epochs=10,
         lm_init_from_no_code=True, base_init_from_no_code=True),
     "colorization": dataclasses.replace(DEFAULT_CONFIG, lm_init_from_no_code=True),
 }
