@@ -9,8 +9,7 @@ compiled on the active backend:
   `keras.StatelessScope` (so weights are not baked in as constants and later
   weight updates are seen);
 * tensorflow: `tf.function(jit_compile=True)` (XLA; variables are captured
-  by reference). At the benchmark config XLA decodes 17% faster than TF's
-  own kernels (35 vs 42 ms a `generate` call, identical codes);
+  by reference; faster than TF's own kernels, benchmarks/README.md);
 * torch: run eagerly under `torch.no_grad()` (`torch.compile` on CPU costs far
   more compile time than a UViM decode takes).
 

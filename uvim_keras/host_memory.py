@@ -4,31 +4,20 @@ On CPU, JAX (XLA's CPU runtime) takes each call's scratch buffer for a
 compiled step from `malloc` on one of its worker threads. glibc's malloc
 serves a block that large (over 32 MB, and always over 64 MB in a worker
 thread's arena) with a fresh `mmap` and unmaps it on `free`, so every step
-faults the whole buffer in again, page by page. At the benchmark config
-(`benchmarks/`) that is 75 MB and 18,400 page faults a stage-II step and
-143 MB and 34,800 faults a stage-I step: 30-50 ms of kernel time, a fifth of
-the step on one core. big_vision's steps pay the same.
+faults the whole buffer in again, page by page (big_vision's steps pay the
+same).
 
 `reuse_host_memory()` sets glibc's malloc to keep freed memory for reuse:
 one arena for all threads, no `mmap` for large blocks and no trimming of the
-heap, so the next step finds its buffer already mapped. Measured on one
-core of a 2-core AMD EPYC (jax 0.10.2): the compiled stage-II step
-136 -> 108 ms, stage I 226 -> 173 ms, no page faults left. The TensorFlow
-and torch backends' train steps do not change (TensorFlow has its own
-allocator; 110 and 256 ms stage-II steps either way).
-
-The heap settles within the first steps (a stage-II `fit` at the benchmark
-config: 1258 MB resident after 25 steps, then flat and without a page fault
-for 175 more; 1195-1263 MB with glibc's defaults). The price: memory the
-process frees is kept for its own reuse rather than returned to the system
-(its resident size stays at its peak), and threads
-share one malloc arena (small blocks still come from per-thread caches), so
-malloc-heavy multi-threaded work slows down: compiling is. `uvim-keras demo
---quick` (small models, mostly compilation) takes 26 s instead of 22 s with
-it. It pays off in long runs whose step buffers are large (training at real
-sizes, the benchmark), which is why it is opt-in: the example training
-scripts take `--reuse-host-memory`, `benchmarks/bench_uvim.py` uses it for
-ours and big_vision alike.
+heap, so the next step finds its buffer already mapped. The price: memory
+the process frees is kept for its own reuse (its resident size stays at its
+peak), and threads share one malloc arena, so malloc-heavy multi-threaded
+work such as compiling slows down. It pays off in long runs whose step
+buffers are large (training at real sizes, the benchmarks, the CLI's demo),
+which is why it is opt-in: the example training scripts take
+`--reuse-host-memory`, `benchmarks/bench_uvim.py` uses it for ours and
+big_vision alike. The measurements (page faults and step times with and
+without it, on each backend): benchmarks/README.md, "Host memory".
 
 It must run before the backend starts its threads (before the first JAX
 computation): a thread keeps the arena it first allocated from. The same
