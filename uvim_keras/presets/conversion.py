@@ -26,18 +26,18 @@ TASK_KEYS = {
 }
 
 
-class CheckpointError(convert.ConversionError):
+class BigVisionCheckpointError(convert.ConversionError):
     """A file is not the big_vision checkpoint it is supposed to be."""
 
 
 def _member_names(path, role):
     if not os.path.isfile(path):
-        raise CheckpointError(f"{role} checkpoint {os.fspath(path)!r} does not exist.")
+        raise BigVisionCheckpointError(f"{role} checkpoint {os.fspath(path)!r} does not exist.")
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
     except (zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(
+        raise BigVisionCheckpointError(
             f"{role} checkpoint {os.fspath(path)!r} is not a readable .npz file ({e})."
         ) from e
     return [n[:-4] if n.endswith(".npy") else n for n in names]
@@ -65,15 +65,15 @@ def check_checkpoints(task, stage1_path, stage2_path=None):
     kind, found, stems = checkpoint_kind(stage1_path, "stage-I")
     name = os.path.basename(os.fspath(stage1_path))
     if kind == "stage2":
-        raise CheckpointError(
+        raise BigVisionCheckpointError(
             f"{name} is a stage-II (LM) checkpoint, not a stage-I one; "
             "did you swap --stage1 and --stage2?"
         )
     if kind is None:
-        raise CheckpointError(f"{name} is not a UViM stage-I checkpoint (no state/dictionary).")
+        raise BigVisionCheckpointError(f"{name} is not a UViM stage-I checkpoint (no state/dictionary).")
     if found != task:
         what = f"a {found} stage-I checkpoint" if found else "a stage-I checkpoint"
-        raise CheckpointError(
+        raise BigVisionCheckpointError(
             f"{name} is {what} (it has params/embedding_{{{','.join(stems)}}}); the {task} "
             f"task expects params/embedding_{{{','.join(sorted(TASK_KEYS[task]))}}}."
         )
@@ -81,12 +81,12 @@ def check_checkpoints(task, stage1_path, stage2_path=None):
         kind2, _, _ = checkpoint_kind(stage2_path, "stage-II")
         name2 = os.path.basename(os.fspath(stage2_path))
         if kind2 == "stage1":
-            raise CheckpointError(
+            raise BigVisionCheckpointError(
                 f"{name2} is a stage-I checkpoint, not a stage-II (LM) one; "
                 "did you swap --stage1 and --stage2?"
             )
         if kind2 is None:
-            raise CheckpointError(
+            raise BigVisionCheckpointError(
                 f"{name2} is not a UViM stage-II checkpoint (no EmbedPatches / EncDecBlock)."
             )
 
@@ -298,7 +298,7 @@ def _convert_into(out_dir, task, stage1_path, stage1_config, stage2_path, lm_con
             _load(stage1, stage1_path, arrays,
                   f"stage-I weights ({os.path.basename(os.fspath(stage1_path))})")
         if task_name(stage1.task) != task:
-            raise CheckpointError(
+            raise BigVisionCheckpointError(
                 f"the stage-I config is for the {task_name(stage1.task)} task, not {task}."
             )
         lm = None
@@ -347,6 +347,6 @@ def _convert_into(out_dir, task, stage1_path, stage1_config, stage2_path, lm_con
 def check_checkpoints_stage2_only(stage2_path):
     kind, _, _ = checkpoint_kind(stage2_path, "stage-II")
     if kind != "stage2":
-        raise CheckpointError(
+        raise BigVisionCheckpointError(
             f"{os.path.basename(os.fspath(stage2_path))} is not a UViM stage-II checkpoint."
         )

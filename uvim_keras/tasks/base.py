@@ -31,8 +31,8 @@ are transposed in a train step; the per-pixel quantities are the same, so a
 task written for pixels does not care which. `predict_outputs` takes
 image-layout logits. Everything uses `keras.ops`, so a task runs on every
 backend and inside `fit`. To add a task, subclass `UViMTask` in one file and register it with
-`@keras.saving.register_keras_serializable`; see `tasks/semantic.py` for a
-worked example.
+`@keras.saving.register_keras_serializable`; see
+`examples/custom_task_semantic.py` for a worked example.
 """
 
 import keras
