@@ -9,6 +9,7 @@ import pathlib
 import threading
 
 import numpy as np
+import pytest
 
 # (Not imported from conftest: with tests/metrics/conftest.py also on the path,
 # `import conftest` can resolve to that one in a whole-suite run.)
@@ -112,3 +113,36 @@ def fixture_spec(name, server, stage1_path="/stageI_panoptic_params.npz",
         metrics={"PQ": 12.5}, metrics_note="made-up test number", dataset="fixture",
         temperature=0.0,
     )
+
+
+# -- fixtures shared by the preset tests (import them into the test module) ----------
+@pytest.fixture(scope="module")
+def server():
+    srv = FileServer()
+    for name in ("stageI_panoptic_params.npz", "stageII_params.npz"):
+        srv.files["/" + name] = fixture_bytes(name)
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    path = tmp_path / "cache"
+    monkeypatch.setenv("UVIM_KERAS_CACHE", str(path))
+    return path
+
+
+@pytest.fixture
+def registered():
+    from uvim_keras.presets import register_preset, unregister_preset
+
+    names = []
+
+    def add(spec):
+        register_preset(spec, overwrite=True)
+        names.append(spec.name)
+        return spec
+
+    yield add
+    for name in names:
+        unregister_preset(name)

@@ -20,40 +20,9 @@ from presets_helpers import (
     npz_with_wrong_shape,
     stage2_meta,
 )
+from presets_helpers import cache_dir, registered, server  # noqa: F401  (fixtures)
 
 import uvim_keras  # noqa: F401  (selects the default backend before keras)
-
-
-@pytest.fixture(scope="module")
-def server():
-    srv = FileServer()
-    for name in ("stageI_panoptic_params.npz", "stageII_params.npz"):
-        srv.files["/" + name] = fixture_bytes(name)
-    yield srv
-    srv.close()
-
-
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-    path = tmp_path / "cache"
-    monkeypatch.setenv("UVIM_KERAS_CACHE", str(path))
-    return path
-
-
-@pytest.fixture
-def registered():
-    from uvim_keras.presets import register_preset, unregister_preset
-
-    names = []
-
-    def add(spec):
-        register_preset(spec, overwrite=True)
-        names.append(spec.name)
-        return spec
-
-    yield add
-    for name in names:
-        unregister_preset(name)
 
 
 def _randomize(model, seed=1):
