@@ -19,7 +19,7 @@ split (200 images, 64x64, seed 10_000):
 2. **LoRA.** From the preset's LM, `lm.enable_lora(rank)` (query/value of
    every attention; everything else frozen), fine-tuned with `fit` on the
    demo's stage-II data (the demo's training images, seed 0, with the codes
-   the preset's stage-I oracle gives them, as `uvim_keras.demo` builds its
+   the preset's stage-I oracle gives them, as `uvim_keras.cli.demo` builds its
    stage-II set) for `--epochs` epochs. Reported: trainable parameters vs the
    full LM, the LM's loss and word accuracy on the held-out oracle codes
    before/after, the task metric of the UViM before/after, the same numbers
@@ -163,10 +163,10 @@ def oracle_codes(stage1, data, batch=256):
 def task_metrics(task, uvim, data):
     """The preset's metric(s), as tests/test_bundled_presets.py computes them
     (UViM at the preset's default temperature, seed 0)."""
-    from uvim_keras.demo import _evaluate
+    from uvim_keras.cli.demo import held_out_metrics
 
     pred = uvim.predict(data["image"], batch_size=PREDICT_BATCH, seed=0, verbose=0)
-    row = _evaluate(task, uvim.task, data["labels"], pred)
+    row = held_out_metrics(task, uvim.task, data["labels"], pred)
     keys = {"panoptic": ("PQ", "SQ", "RQ"), "depth": ("RMSE", "abs_RE", "delta1"),
             "colorization": ("colourfulness", "MSE")}[task]
     return {k: float(row[k]) for k in keys if k in row}, pred
@@ -352,7 +352,7 @@ def bench_lora(name, ref, held_out, oracle_held_out, float_metric, args):
 
     from uvim_keras import UViM
     from uvim_keras.data.synthetic import make_synthetic
-    from uvim_keras.demo import demo_config
+    from uvim_keras.cli.demo import demo_config
 
     task = name.split("_", 1)[1]
     n_train = args.train_examples or demo_config(task).train_examples

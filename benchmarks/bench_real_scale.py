@@ -8,7 +8,7 @@ registry's big_vision configs: the stage-II LM (ViT-L/16: 24 + 24 layers,
 width 1024, 512x512 input, a 256-token code over a 4096-word dictionary)
 and the whole stage-I model (ViT-B oracle + base model). Random weights,
 nothing downloaded. Ours: `convert.stage1_from_big_vision_config` /
-`convert.lm_from_big_vision_config` (what `presets.conversion.build_models`
+`convert.lm_from_big_vision_config` (what `checkpoints.big_vision_files.build_models`
 calls, with a `dtype` for bfloat16) and `UViM.from_stage1`, i.e. what
 `UViM.from_preset` holds in memory. big_vision's: `proj.uvim.vtt.Model` and
 `proj.uvim.vit.Model` with the same configs (`bench_real_scale_bv.py`, in
@@ -54,7 +54,7 @@ ratio is ours / big_vision over the reference's calls taken in turn with
 that precision's (`--reference-with first`: the reference takes turns with
 the first precision only, the others are set beside those calls).
 `--host-memory reuse` (default) sets glibc's malloc alike in both
-(`uvim_keras.host_memory`, as bench_uvim.py).
+(`uvim_keras.runtime.host_memory`, as bench_uvim.py).
 
 Memory. weights_bytes: the bytes of every variable of the model at its
 stored dtype (ours: the UViM's unique variables, int8 kernels + their
@@ -271,7 +271,7 @@ def variable_bytes(variables):
 
 def build_ours(cfg, precision):
     """(uvim, lm): the UViM of `cfg` at `precision`, random weights."""
-    from uvim_keras import convert
+    from uvim_keras.checkpoints import big_vision as convert
     from uvim_keras.models.uvim import UViM
 
     kwargs = {"dtype": "bfloat16"} if precision == "bfloat16" else {}
@@ -318,13 +318,13 @@ def value_dtype_mismatches(model):
 def ours_worker(args):
     stream = protocol_stream()
     if args.host_memory == "reuse":  # before the backend starts its threads
-        from uvim_keras.host_memory import reuse_host_memory
+        from uvim_keras.runtime.host_memory import reuse_host_memory
 
         if not reuse_host_memory():
             raise SystemExit("--host-memory reuse needs Linux with glibc")
     import keras
 
-    from uvim_keras.backend import compile_stateless
+    from uvim_keras.runtime.backend import compile_stateless
 
     cfg = model_configs(args.preset, args.config)
     keras.utils.set_random_seed(0)

@@ -33,7 +33,7 @@ Usage (from the repo root):
   KERAS_BACKEND=torch python benchmarks/bench_uvim.py ...
 
 --host-memory reuse (the default) sets glibc's malloc in both processes to
-keep freed memory for reuse (`uvim_keras.host_memory`): by default it unmaps
+keep freed memory for reuse (`uvim_keras.runtime.host_memory`): by default it unmaps
 each step's large scratch buffer and faults it in again at the next step
 (18-35 thousand page faults a train step here, in ours and the reference
 alike). --host-memory default leaves glibc as it is in both.
@@ -203,7 +203,7 @@ def build_stage1(cfg):
                                 max_instances=cfg["num_instances"]),
         input_size=cfg["res"], patch_size=cfg["patch"], code_len=cfg["code_len"],
         dict_size=cfg["dict_size"], codeword_dim=cfg["width"], width=cfg["width"],
-        oracle_depth=cfg["oracle_depth"], base_depth=cfg["base_depth"],
+        oracle_num_layers=cfg["oracle_depth"], base_num_layers=cfg["base_depth"],
         num_heads=cfg["heads"], mlp_dim=cfg["mlp_dim"], code_dropout="random",
         bottleneck_resize=True, seed=0)
 
@@ -264,7 +264,7 @@ def bench_ours(cfg, args):
 def reference_env(args):
     """The reference's environment: big_vision on PYTHONPATH, the default
     thread settings, and glibc's malloc set as ours (--host-memory)."""
-    from uvim_keras.host_memory import HOST_MEMORY_ENV
+    from uvim_keras.runtime.host_memory import HOST_MEMORY_ENV
 
     env = dict(os.environ)
     env["PYTHONPATH"] = args.big_vision + (
@@ -464,7 +464,7 @@ def main():
                     help="time only these figures (repeatable; not in paired mode)")
     ap.add_argument("--host-memory", choices=("reuse", "default"), default="reuse",
                     help="reuse: glibc's malloc keeps freed memory for reuse in both "
-                         "processes (ours: uvim_keras.host_memory.reuse_host_memory(), "
+                         "processes (ours: uvim_keras.runtime.host_memory.reuse_host_memory(), "
                          "the reference: its HOST_MEMORY_ENV), so neither faults its step "
                          "buffers in at every step; default: glibc's defaults in both")
     ap.add_argument("--variant", action="append", default=[],
@@ -477,7 +477,7 @@ def main():
         ap.error("--reference-python and --big-vision go together")
     if args.host_memory == "reuse":
         # before anything starts the backend's threads
-        from uvim_keras.host_memory import reuse_host_memory
+        from uvim_keras.runtime.host_memory import reuse_host_memory
 
         if not reuse_host_memory():
             ap.error("--host-memory reuse needs Linux with glibc (use --host-memory default)")

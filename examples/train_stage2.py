@@ -55,7 +55,7 @@ def build_model(cfg, stage1, encoder_init=None):
     lm = GuidingCodeLM(code_len=stage1.code_len, dict_size=stage1.dict_size,
                        name="guiding_code_lm", **cfg["model"])
     if encoder_init:
-        from uvim_keras.pretrained import init_lm_encoder_from_vit
+        from uvim_keras.checkpoints.pretrained_vit import init_lm_encoder_from_vit
 
         init_lm_encoder_from_vit(lm, encoder_init)
     return Stage2Model(lm, stage1)

@@ -68,7 +68,7 @@ def base_parser(description):
                    help="e.g. mixed_bfloat16 (big_vision trains in float32)")
     p.add_argument("--reuse-host-memory", action="store_true",
                    help="CPU training: keep glibc from unmapping each step's large scratch "
-                        "buffer (uvim_keras.host_memory; 20-25%% faster steps at the "
+                        "buffer (uvim_keras.runtime.host_memory; 20-25%% faster steps at the "
                         "benchmark config); the process keeps the memory it frees")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
     p.add_argument("--dry-run", action="store_true",
@@ -93,7 +93,7 @@ def setup(args, cfg):
     """Host memory, seeds, dtype policy and the distribution (before any
     model is built)."""
     if args.reuse_host_memory:
-        from uvim_keras.host_memory import reuse_host_memory
+        from uvim_keras.runtime.host_memory import reuse_host_memory
 
         reuse_host_memory()
     import keras
@@ -116,16 +116,16 @@ def set_distribution(kind, mesh=None):
                          f"this is {keras.backend.backend()}.")
     if kind == "data":
         try:
-            from uvim_keras.distribution import data_parallel
+            from uvim_keras.models.sharding import data_parallel
         except ImportError:
             distribution = keras.distribution.DataParallel()
         else:
             distribution = data_parallel()
     else:
         try:
-            from uvim_keras.distribution import model_parallel
+            from uvim_keras.models.sharding import model_parallel
         except ImportError as e:
-            raise SystemExit(f"--distribution model needs uvim_keras.distribution ({e}).")
+            raise SystemExit(f"--distribution model needs uvim_keras.models.sharding ({e}).")
         n = len(keras.distribution.list_devices())
         shape = (1, n) if mesh is None else tuple(int(x) for x in mesh.split(","))
         distribution = model_parallel(shape)

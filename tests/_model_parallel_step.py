@@ -2,7 +2,7 @@
 
 Run as a script by test_model_parallel.py (the device count must be set before
 JAX starts). Checks the tiny stage-I model (VQ state included) and the tiny
-guiding-code LM with `uvim_keras.distribution.model_parallel`, records the
+guiding-code LM with `uvim_keras.models.sharding.model_parallel`, records the
 sharding of every variable, and prints one JSON line.
 """
 
@@ -19,7 +19,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from helpers import panoptic_batch, tiny_lm, tiny_stage1  # noqa: E402
-from uvim_keras.distribution import data_parallel, model_parallel  # noqa: E402
+from uvim_keras.models.sharding import data_parallel, model_parallel  # noqa: E402
 
 # 4 heads of 4 (width 16), mlp_dim 32, dict_size 8: all divisible by the 4-way model axis.
 HEADS = 4

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from helpers import panoptic_batch, tiny_stage1  # noqa: E402
-from uvim_keras.distribution import model_parallel  # noqa: E402
+from uvim_keras.models.sharding import model_parallel  # noqa: E402
 from uvim_keras.optimizers import BigVisionAdafactor, CosineWarmup  # noqa: E402
 from uvim_keras.training import fit_resumable  # noqa: E402
 

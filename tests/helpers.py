@@ -4,7 +4,7 @@ import numpy as np
 
 TINY = dict(
     input_size=16, patch_size=4, code_len=4, dict_size=8, codeword_dim=8, width=16,
-    oracle_depth=1, base_depth=1, num_heads=2, mlp_dim=32,
+    oracle_num_layers=1, base_num_layers=1, num_heads=2, mlp_dim=32,
 )
 TINY_LM = dict(
     input_size=16, patch_size=4, code_len=4, dict_size=8, width=16, num_layers=1,
@@ -38,6 +38,20 @@ def randomize(model, seed, std=0.3):
     for v in model.weights:
         if "float" in str(v.dtype) and v.trainable:
             v.assign(rng.normal(0, std, tuple(v.shape)).astype("float32"))
+
+
+def randomize_with_state(model, seed=1):
+    """Random normal values (std 0.3) in every float weight of `model`,
+    non-trainable ones included, and for a model with a quantizer, VQ usage
+    counts in [0.5, 3): non-trivial weights (heads are zero-initialised) and
+    VQ state, from a numpy seed."""
+    rng = np.random.default_rng(seed)
+    for v in model.weights:
+        if "float" in str(v.dtype):
+            v.assign(rng.normal(0, 0.3, v.shape).astype("float32"))
+    if hasattr(model, "quantizer"):
+        model.quantizer.counts.assign(
+            rng.uniform(0.5, 3, model.quantizer.counts.shape).astype("float32"))
 
 
 def panoptic_batch(n=4, size=16, num_classes=5, max_instances=4, seed=0):

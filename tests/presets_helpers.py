@@ -4,25 +4,12 @@ and a test-only named preset built from the fixtures' own configs."""
 import http.server
 import io
 import json
-import os
-import pathlib
 import threading
 
 import numpy as np
 import pytest
 
-# (Not imported from conftest: with tests/metrics/conftest.py also on the path,
-# `import conftest` can resolve to that one in a whole-suite run.)
-REPO = pathlib.Path(__file__).resolve().parent.parent
-BIG_VISION_FIXTURES = pathlib.Path(
-    os.environ.get("UVIM_BIG_VISION_FIXTURES", REPO.parent / "shared" / "fixtures" / "big_vision")
-)
-
-
-def to_numpy(x):
-    import keras
-
-    return np.asarray(keras.ops.convert_to_numpy(x))
+from common import BIG_VISION_FIXTURES  # paths and to_numpy live in tests/common.py
 
 
 class FileServer:

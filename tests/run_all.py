@@ -1,7 +1,15 @@
 """Runs the whole suite on JAX, then the `multibackend` tests on TensorFlow
 and PyTorch, each in its own process (Keras fixes its backend at import).
 
-Usage: python tests/run_all.py [extra pytest args]
+Usage: python tests/run_all.py [--fast] [extra pytest args]
+
+--fast: the fast tier, for quick iterations: leaves out the tests marked
+`slow` (longer than ~5 s each): on JAX `-m "not large and not slow"`, on
+TensorFlow and PyTorch `-m "multibackend and not large and not slow"`.
+Every test file keeps at least one test in it where sensible, so each
+module is still imported and touched; the full run stays the reference
+before a commit.
+
 Each run's output streams as it happens; at the end a summary line per
 backend (counts and time) and one closing line "total: N passed, N failed,
 N skipped" over all runs. Exits non-zero if any run failed.
@@ -17,6 +25,11 @@ RUNS = [
     ("jax", []),
     ("tensorflow", ["-m", "multibackend and not large"]),
     ("torch", ["-m", "multibackend and not large"]),
+]
+FAST_RUNS = [  # --fast
+    ("jax", ["-m", "not large and not slow"]),
+    ("tensorflow", ["-m", "multibackend and not large and not slow"]),
+    ("torch", ["-m", "multibackend and not large and not slow"]),
 ]
 COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?)")
 
@@ -43,8 +56,12 @@ def run(backend, args, extra):
 
 
 def main(extra):
+    runs = RUNS
+    if "--fast" in extra:
+        runs = FAST_RUNS
+        extra = [a for a in extra if a != "--fast"]
     results, status = [], 0
-    for backend, args in RUNS:
+    for backend, args in runs:
         code, counts, seconds = run(backend, args, extra)
         results.append((backend, counts, seconds))
         if code not in (0, 5):  # 5: nothing collected

@@ -38,6 +38,7 @@ def _quantize(model, mode="int8"):
     return [str(w.message) for w in caught]
 
 
+@pytest.mark.slow
 def test_int8_reaches_every_transformer_kernel_of_uvim_in_one_call(tmp_path):
     import keras
 
@@ -69,6 +70,7 @@ def test_int8_reaches_every_transformer_kernel_of_uvim_in_one_call(tmp_path):
         to_numpy(after), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_quantized_uvim_preset_round_trip(tmp_path):
     from uvim_keras import UViM, UViMStage1
 
@@ -84,6 +86,7 @@ def test_quantized_uvim_preset_round_trip(tmp_path):
     assert all(layer.quantization_mode == "int8" for layer in _projections(stage1))
 
 
+@pytest.mark.slow
 def test_quantize_the_parts_alone_and_twice_is_a_clear_error():
     lm, stage1 = tiny_lm(), tiny_stage1()
     for model in (lm, stage1):
@@ -96,6 +99,7 @@ def test_quantize_the_parts_alone_and_twice_is_a_clear_error():
     assert to_numpy(lm.generate(batch["image"])).shape == (2, 4)
 
 
+@pytest.mark.slow
 def test_float8_where_the_backend_has_it():
     lm = tiny_lm()
     randomize(lm, 3)
@@ -111,6 +115,7 @@ def test_float8_where_the_backend_has_it():
     assert np.abs(after - before).max() < 0.2 * np.abs(before).max()
 
 
+@pytest.mark.slow
 def test_lora_trains_only_query_value_factors_and_saves_merged(tmp_path):
     import keras
 
@@ -146,7 +151,7 @@ def test_lora_trains_only_query_value_factors_and_saves_merged(tmp_path):
 
 def test_lora_on_stage1_and_its_keras_hub_backbone():
     pytest.importorskip("keras_hub")
-    from uvim_keras.presets.hub import UViMStage1Backbone
+    from uvim_keras.keras_hub_models import UViMStage1Backbone
 
     stage1 = tiny_stage1()
     adapted = stage1.enable_lora(4)

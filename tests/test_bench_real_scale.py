@@ -11,12 +11,12 @@ bench_big_vision.py in ../shared/bench).
 import json
 import os
 import pathlib
-import subprocess
 import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+from common import REPO, last_json_line, run_command
+
 SCRIPT = REPO / "benchmarks" / "bench_real_scale.py"
 BV_SRC = pathlib.Path(os.environ.get("UVIM_BIG_VISION_SRC", "/work/bv_src"))
 BV_PYTHON = pathlib.Path(os.environ.get("UVIM_BIG_VISION_PYTHON", "/work/bv_venv/bin/python"))
@@ -64,9 +64,8 @@ def test_tiny_run(tmp_path):
                 "--bench-dir", str(BENCH_DIR)]
     else:
         cmd.append("--skip-reference")
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    proc = run_command(cmd, cwd=REPO, timeout=900)
+    result = last_json_line(proc.stdout)
     assert json.loads(out.read_text()) == result
     assert "predict_b1" in proc.stdout  # the table before the JSON line
 

@@ -17,13 +17,14 @@ BUNDLED = {"shapes_panoptic": "panoptic", "shapes_depth": "depth",
            "shapes_colorization": "colorization"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BUNDLED))
 def test_bundled_preset_reproduces_its_recorded_metrics(name):
     """The model card's figures are what the stored weights give today
     (`demo.preset_metrics`, the function that recorded them), to the
     recorded precision: a change that alters the models shows up here."""
     from uvim_keras import UViM
-    from uvim_keras.demo import preset_metrics
+    from uvim_keras.cli.demo import preset_metrics
 
     if not (BUNDLED_DIR / name).is_dir():
         pytest.skip("no bundled preset")

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from presets_helpers import REPO
+from common import REPO, run_command
 
 import uvim_keras  # noqa: F401  (selects the default backend before keras)
 
@@ -66,9 +66,7 @@ def test_help_imports_no_framework(tmp_path):
     env = {**_subprocess_env(tmp_path), "PYTHONPROFILEIMPORTTIME": "1"}
     for argv in (["--help"], ["demo", "--help"], ["convert", "--help"], ["predict", "--help"],
                  ["presets", "--help"], ["--version"]):
-        proc = subprocess.run([_console_script(), *argv], capture_output=True, text=True,
-                              env=env, cwd=tmp_path, timeout=120)
-        assert proc.returncode == 0, (argv, proc.stderr[-2000:])
+        proc = run_command([_console_script(), *argv], env=env, cwd=tmp_path, timeout=120)
         imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
                     if line.startswith("import time:")}
         assert "uvim_keras.cli" in imported, argv  # the log does list what was imported
@@ -84,8 +82,7 @@ def test_import_uvim_keras_registers_every_class():
     script = ("import uvim_keras, keras; print(all(keras.saving.get_registered_object("
               "f'uvim_keras>{n}') is not None for n in ('UViM', 'GuidingCodeLM', 'UViMStage1',"
               " 'PanopticTask', 'DecoderBlock', 'MlpBlock')))")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300)
+    proc = run_command([sys.executable, "-c", script], timeout=300)
     assert proc.stdout.strip().splitlines()[-1] == "True", proc.stderr[-2000:]
 
 
@@ -94,13 +91,13 @@ def test_runtime_error_exits_1_usage_error_exits_2_in_one_line(tmp_path):
     missing = tmp_path / "missing.png"
     cmd = [sys.executable, "-m", "uvim_keras", "predict", "--preset", "shapes_panoptic"]
     env = _subprocess_env(tmp_path)
-    proc = subprocess.run(cmd + [str(missing), "-o", str(tmp_path / "out")], capture_output=True,
-                          text=True, env=env, cwd=tmp_path, timeout=300)
+    proc = run_command(cmd + [missing, "-o", tmp_path / "out"], env=env, cwd=tmp_path,
+                       timeout=300, check=False)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"uvim-keras predict: error: image '{missing}' does not exist."]
-    proc = subprocess.run(cmd + [str(missing)], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=300)  # no -o
+    proc = run_command(cmd + [missing], env=env, cwd=tmp_path, timeout=300,
+                       check=False)  # no -o
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "the following arguments are required: -o/--out" in lines[0]
@@ -108,7 +105,7 @@ def test_runtime_error_exits_1_usage_error_exits_2_in_one_line(tmp_path):
 
 
 def test_unexpected_errors_are_one_line_with_their_type(capsys, monkeypatch):
-    from uvim_keras import cli_presets
+    from uvim_keras.cli import presets as cli_presets
 
     def broken():
         raise RuntimeError("boom\nsecond line")
@@ -142,7 +139,7 @@ def test_usage_errors_checked_by_a_command_exit_2(capsys, tmp_path):
 def test_convert_progress_shows_stages_and_a_bar_on_a_terminal():
     import io
 
-    from uvim_keras.cli_presets import _ConvertProgress
+    from uvim_keras.cli.presets import _ConvertProgress
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -240,7 +237,8 @@ def test_presets_lists_bundled_presets_and_json_metrics_are_numbers(capsys, tmp_
 
 # -- predict: outputs at each input's size ---------------------------------------------
 def test_resize_output_nearest_and_bilinear():
-    from uvim_keras.presets.images import resize_output, resize_prediction, shown_input
+    from uvim_keras.data.images import resize_output, resize_prediction, shown_input
+    from uvim_keras.tasks import ColorizationTask, DepthTask, PanopticTask, UViMTask
 
     labels = np.array([[1, 2], [3, 4]], "int32")
     np.testing.assert_array_equal(resize_output(labels, (4, 4), "nearest", (0, 1)),
@@ -257,11 +255,11 @@ def test_resize_output_nearest_and_bilinear():
     assert out.shape == (2, 40, 70, 3) and out.dtype == np.float32
     np.testing.assert_allclose(out, 0.5)
     panoptic = np.stack([np.tile(labels, (4, 4))] * 2, -1)[None]  # (1, 8, 8, 2)
-    assert resize_prediction(panoptic, (40, 70), "panoptic").shape == (1, 40, 70, 2)
-    assert resize_prediction(np.ones((1, 8, 8), "float32"), (5, 3), "depth").shape == (1, 5, 3)
-    assert resize_prediction(const, (5, 3), "colorization").shape == (2, 5, 3, 3)
-    with pytest.raises(ValueError, match="no output resize"):
-        resize_prediction(panoptic, (4, 4), "semantic")
+    assert resize_prediction(panoptic, (40, 70), PanopticTask()).shape == (1, 40, 70, 2)
+    assert resize_prediction(np.ones((1, 8, 8), "float32"), (5, 3), DepthTask()).shape == (1, 5, 3)
+    assert resize_prediction(const, (5, 3), ColorizationTask()).shape == (2, 5, 3, 3)
+    with pytest.raises(ValueError, match="does not say how to resize"):
+        resize_prediction(panoptic, (4, 4), UViMTask())
     grey = shown_input(np.random.default_rng(0).integers(0, 256, (40, 70, 3), dtype="uint8"), True)
     assert grey.shape == (40, 70, 3) and grey.dtype == np.uint8
     assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
@@ -280,6 +278,7 @@ def _photo(path, size, task):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task, method", [("panoptic", "nearest"), ("depth", "bilinear")])
 def test_predict_writes_each_output_at_its_inputs_size(task, method, tmp_path, capsys):
     """A 40x70 and a 70x40 image through the bundled 64x64 model: the outputs
@@ -287,7 +286,7 @@ def test_predict_writes_each_output_at_its_inputs_size(task, method, tmp_path, c
     from PIL import Image
 
     from uvim_keras import UViM
-    from uvim_keras.presets.images import prepare_image, read_image, resize_output
+    from uvim_keras.data.images import prepare_image, read_image, resize_output
 
     preset = f"shapes_{task}"
     wide = _photo(tmp_path / "wide.png", (40, 70), task)
@@ -322,6 +321,7 @@ def test_predict_writes_each_output_at_its_inputs_size(task, method, tmp_path, c
 TF_NOISE = ("absl::InitializeLog", "cudart_stub", "cuInit", "cpu_feature_guard", "oneDNN")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "jax") != "jax", reason="JAX backend")
 def test_predict_under_jax_prints_no_tensorflow_log_lines(tmp_path):
     """keras-hub loads TensorFlow to read the preset; its C++ start-up lines
@@ -335,11 +335,9 @@ def test_predict_under_jax_prints_no_tensorflow_log_lines(tmp_path):
     env.pop("TF_CPP_MIN_LOG_LEVEL")
 
     def run(*extra):
-        proc = subprocess.run(
+        proc = run_command(
             [sys.executable, "-m", "uvim_keras", "predict", "--preset", "shapes_panoptic",
-             str(image), "-o", str(tmp_path / "out"), *extra],
-            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+             image, "-o", tmp_path / "out", *extra], env=env, cwd=tmp_path, timeout=600)
         return [line for line in proc.stderr.splitlines() if any(n in line for n in TF_NOISE)]
 
     assert run() == []
@@ -349,7 +347,7 @@ def test_predict_under_jax_prints_no_tensorflow_log_lines(tmp_path):
 
 # -- predict: inputs are never overwritten, outputs are written whole -------------------
 def test_output_names_are_distinct_and_never_an_input(tmp_path):
-    from uvim_keras.cli_presets import output_names
+    from uvim_keras.cli.presets import output_names
 
     for rel in ("a/x.png", "b/x.png", "c/x_1.png", "d/X.jpg", "out/y.png"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -370,7 +368,7 @@ def test_output_names_are_distinct_and_never_an_input(tmp_path):
 def test_write_atomically_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
     import errno
 
-    from uvim_keras.cli_presets import OutputError, write_atomically
+    from uvim_keras.cli.presets import OutputError, write_atomically
 
     target = tmp_path / "result.npz"
     write_atomically(str(target), lambda f: f.write(b"first"))
@@ -397,7 +395,7 @@ def _umask():
 
 
 def test_prepare_output_folder_creates_checks_and_removes(tmp_path):
-    from uvim_keras.cli_presets import OutputError, prepare_output_folder, remove_created
+    from uvim_keras.cli.presets import OutputError, prepare_output_folder, remove_created
 
     created = prepare_output_folder(str(tmp_path / "a" / "b"))
     assert [os.path.relpath(p, tmp_path) for p in created] == ["a", os.path.join("a", "b")]
@@ -416,7 +414,7 @@ def test_prepare_output_folder_creates_checks_and_removes(tmp_path):
 def test_read_image_scales_16_bit_and_composites_alpha_on_white(tmp_path):
     from PIL import Image
 
-    from uvim_keras.presets.images import ImageReadError, read_image
+    from uvim_keras.data.images import ImageReadError, read_image
 
     deep = np.array([[0, 257, 32896, 65535]], "uint16")
     Image.fromarray(deep).save(tmp_path / "deep.png")  # 'I;16'

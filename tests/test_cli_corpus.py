@@ -42,7 +42,7 @@ from typing import Callable, Optional
 import numpy as np
 import pytest
 
-from presets_helpers import BIG_VISION_FIXTURES, REPO
+from common import BIG_VISION_FIXTURES, REPO
 
 import uvim_keras  # noqa: F401  (selects the default backend before keras)
 
@@ -209,6 +209,7 @@ class Case:
     writes: Optional[bool] = None  # may write in `out`: default, when code is 0
     console: Optional[dict] = None  # run the console command: {"fsize": bytes limit}
     xfail: Optional[str] = None
+    slow: bool = False  # longer than ~5 s: marked `slow`, out of the fast tier
 
 
 def _bad_then_good(tmp):
@@ -521,7 +522,7 @@ CASES = [
     Case("file size limit while writing, console", predict, 1,
          r"cannot write '[^']*out/photo\.png': File too large \(no image's outputs written "
          r"before; \S*out/photo\.npz was written\)", console={"fsize": 6000},
-         check=_check_file_too_large, writes=True),
+         check=_check_file_too_large, writes=True, slow=True),  # loads the model in a process
     # -- arguments (usage errors) -----------------------------------------------------
     Case("--batch-size 0", lambda t: predict(t, extra=["--batch-size", 0]), 2,
          r"--batch-size 0: expected a positive number\." + USAGE.format("predict")),
@@ -747,6 +748,8 @@ def bundled_uvim():
 def _params():
     for case in CASES:
         marks = [pytest.mark.xfail(strict=True, reason=case.xfail)] if case.xfail else []
+        if case.slow:
+            marks.append(pytest.mark.slow)
         yield pytest.param(case, id=case.name, marks=marks)
 
 

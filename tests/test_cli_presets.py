@@ -2,13 +2,13 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from presets_helpers import BIG_VISION_FIXTURES, REPO, stage2_meta
+from common import BIG_VISION_FIXTURES, REPO, run_command
+from presets_helpers import stage2_meta
 
 import uvim_keras  # noqa: F401  (selects the default backend before keras)
 
@@ -77,7 +77,7 @@ def test_convert_writes_a_preset(converted):
 
 def test_predict_writes_pictures_and_arrays(converted, images, tmp_path, capsys):
     from uvim_keras import UViM
-    from uvim_keras.presets.images import prepare_image, read_image
+    from uvim_keras.data.images import prepare_image, read_image
 
     preset, _ = converted
     out = tmp_path / "pred"
@@ -110,6 +110,7 @@ def test_predict_samples_and_temperature(converted, images, tmp_path, capsys):
     assert float(raw["temperature"]) == 1.0 and int(raw["seed"]) == 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task, stage1, extra", [
     ("depth", "stageI_depth", {"min_depth": 0.001, "max_depth": 10.0}),
     ("colorization", "stageI_color", {}),
@@ -258,11 +259,9 @@ def test_convert_bad_arguments(converted, tmp_path, capsys):
 
 def test_console_errors_have_no_traceback(tmp_path):
     env = dict(os.environ, KERAS_BACKEND="jax", UVIM_KERAS_CACHE=str(tmp_path / "c"))
-    proc = subprocess.run(
+    proc = run_command(
         [sys.executable, "-m", "uvim_keras", "predict", "--preset", "no_such_preset",
-         str(tmp_path / "a.jpg"), "-o", str(tmp_path / "o")],
-        capture_output=True, text=True, env=env, cwd=REPO,
-    )
+         tmp_path / "a.jpg", "-o", tmp_path / "o"], env=env, cwd=REPO, timeout=None, check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         f"uvim-keras predict: error: image '{tmp_path / 'a.jpg'}' does not exist."]

@@ -61,6 +61,7 @@ def _deep_lm():
     return tiny_lm(input_size=32, patch_size=8, code_len=8, num_layers=4, width=32, mlp_dim=64)
 
 
+@pytest.mark.slow
 def test_lm_train_step_has_no_oversized_fusions():
     lm = _deep_lm()
     hlo = _train_step_hlo(lm, _lm_batch(lm))
@@ -68,6 +69,7 @@ def test_lm_train_step_has_no_oversized_fusions():
     assert _oversized_fusions(hlo) == []
 
 
+@pytest.mark.slow
 def test_the_check_detects_keras_layernorm_fusions(monkeypatch):
     """The same step with Keras' LayerNormalization shows the pathology, so
     the test above is not vacuous on this XLA version."""

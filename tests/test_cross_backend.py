@@ -1,24 +1,23 @@
 """Weights saved under one backend load under the others with equal outputs."""
 
 import os
-import subprocess
 import sys
 
 import pytest
 
-from common import REPO
+from common import REPO, run_command
 
 SCRIPT = REPO / "tests" / "_cross_backend.py"
 
 
 def _run(backend, *args):
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run([sys.executable, str(SCRIPT), *args], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{backend}: {proc.stderr[-3000:]}"
-    return proc.stdout
+    """_cross_backend.py's stdout under `backend` (asserting exit status 0)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return run_command([sys.executable, SCRIPT, *args], env=env, backend=backend,
+                       timeout=600).stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "jax") != "jax",
                     reason="spawns every backend itself; run once")
 @pytest.mark.parametrize("source", ["jax", "torch"])

@@ -2,24 +2,25 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
+from common import run_command
 
 
-def _cli(*args, tmp_path):
-    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "uvim_keras", *args], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=900)
+def _cli(*args, tmp_path, check=True):
+    """`python -m uvim_keras *args` on JAX in tmp_path (check: assert exit status 0)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return run_command([sys.executable, "-m", "uvim_keras", *args], env=env, backend="jax",
+                       cwd=tmp_path, timeout=900, check=check)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "jax") != "jax", reason="runs once")
 def test_demo_quick_writes_report_figure_and_models(tmp_path):
     out = tmp_path / "demo"
-    proc = _cli("demo", "--quick", "--quiet", "--out", str(out), tmp_path=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _cli("demo", "--quick", "--quiet", "--out", str(out), tmp_path=tmp_path)
     report = json.loads((out / "panoptic_report.json").read_text())
     assert set(report["metrics"]) == {"no code", "oracle code", "UViM (T=0)"}
     for values in report["metrics"].values():
@@ -35,6 +36,7 @@ def test_demo_quick_writes_report_figure_and_models(tmp_path):
         assert (out / name).stat().st_size > 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "jax") != "jax", reason="runs once")
 @pytest.mark.parametrize(
     "args, message",
@@ -47,7 +49,7 @@ def test_demo_quick_writes_report_figure_and_models(tmp_path):
     ],
 )
 def test_demo_bad_arguments_give_one_line_errors(tmp_path, args, message):
-    proc = _cli("demo", "--quick", "--quiet", *args, tmp_path=tmp_path)
+    proc = _cli("demo", "--quick", "--quiet", *args, tmp_path=tmp_path, check=False)
     assert proc.returncode == 2
     lines = [l for l in proc.stderr.strip().splitlines() if "error" in l]
     assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]

@@ -9,6 +9,7 @@ from helpers import panoptic_batch, tiny_lm, tiny_stage1
 CATEGORIES = [{"id": i, "name": f"c{i}", "isthing": int(i >= 3)} for i in range(1, 5)]
 
 
+@pytest.mark.slow
 def test_evaluate_stage1_equals_direct_metric_and_accepts_tf_data():
     from uvim_keras.data import as_tf_dataset
     from uvim_keras.evaluate import evaluate

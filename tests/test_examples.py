@@ -7,7 +7,6 @@ import contextlib
 import importlib.util
 import io
 import json
-import pathlib
 
 import pytest
 
@@ -16,7 +15,9 @@ pytest.importorskip("tensorflow_datasets")
 
 import keras  # noqa: E402
 
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+from common import REPO  # noqa: E402
+
+EXAMPLES = REPO / "examples"
 
 
 def load(name):
@@ -72,7 +73,7 @@ def test_paper_recipes():
         if stage == 1:
             assert r["model"] == {**r["model"], "input_size": 512, "patch_size": 16,
                                   "code_len": 256, "dict_size": 4096, "codeword_dim": 768,
-                                  "width": 768, "oracle_depth": 6, "base_depth": 12,
+                                  "width": 768, "oracle_num_layers": 6, "base_num_layers": 12,
                                   "num_heads": 12, "mlp_dim": 3072, "code_dropout": "random",
                                   "dict_momentum": 0.995}
             assert r["keep_every_n_steps"] == 20_000
@@ -91,6 +92,7 @@ def read_log(workdir):
     return [json.loads(x) for x in (workdir / "logs" / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["panoptic", "depth", "colorization"])
 def test_smoke_stage1_then_stage2(task, tmp_path):
     w1, w2 = tmp_path / "stage1", tmp_path / "stage2"
@@ -139,7 +141,7 @@ def test_distribution_flag():
 
 
 def test_reuse_host_memory_flag(monkeypatch):
-    from uvim_keras import host_memory
+    from uvim_keras.runtime import host_memory
 
     common = stage1_script.common
     calls = []

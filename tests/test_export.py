@@ -11,7 +11,6 @@ ONNX from all three backends.
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 import time
@@ -19,6 +18,7 @@ import time
 import numpy as np
 import pytest
 
+from common import run_json
 from uvim_keras.presets.bundled import BUNDLED_DIR
 
 pytestmark = [
@@ -79,10 +79,8 @@ _SERVE = textwrap.dedent("""
 def _serve_in_fresh_process(jobs, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    proc = subprocess.run([sys.executable, "-c", _SERVE, json.dumps(jobs)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json([sys.executable, "-c", _SERVE, json.dumps(jobs)], cwd=tmp_path, env=env,
+                    timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +145,7 @@ def served(tmp_path_factory):
             for name, job in jobs.items()}
 
 
+@pytest.mark.slow
 @needs_saved_model
 @pytest.mark.parametrize("name", ["panoptic_before_predict", "panoptic_after_predict"])
 def test_saved_model_serves_panoptic_ids_of_predict(served, name):
@@ -157,6 +156,7 @@ def test_saved_model_serves_panoptic_ids_of_predict(served, name):
         np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.slow
 @needs_saved_model
 def test_saved_model_serves_depth_of_predict(served):
     expected, got = served["depth_after_predict"]
@@ -165,6 +165,7 @@ def test_saved_model_serves_depth_of_predict(served):
         np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 @needs_saved_model
 def test_saved_model_samples_colorization(served):
     expected, got = served["colorization_seeded"]
@@ -203,6 +204,7 @@ def test_export_checks_its_temperature(tmp_path):
 _ONNX_EXPORTER = {"jax": "jax2onnx", "tensorflow": "tf2onnx", "torch": "onnx"}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (_has("onnxruntime") and _has("onnx")
                          and _has(_ONNX_EXPORTER.get(_backend(), "-"))),
                     reason="needs onnx, onnxruntime and Keras' ONNX exporter of this backend")

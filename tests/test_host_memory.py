@@ -1,15 +1,14 @@
-"""uvim_keras.host_memory: glibc keeps a compiled step's scratch buffer mapped."""
+"""uvim_keras.runtime.host_memory: glibc keeps a compiled step's scratch buffer mapped."""
 
-import json
 import os
 import platform
-import subprocess
 import sys
 import warnings
 
 import pytest
 
-from uvim_keras import host_memory
+from common import run_json
+from uvim_keras.runtime import host_memory
 
 glibc_only = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
@@ -24,7 +23,7 @@ glibc_only = pytest.mark.skipif(
 _PROBE = r"""
 import json, resource, sys
 if sys.argv[1] == "reuse":
-    from uvim_keras.host_memory import reuse_host_memory
+    from uvim_keras.runtime.host_memory import reuse_host_memory
     assert reuse_host_memory()
 import jax, jax.numpy as jnp
 x = jnp.ones((2500, 4096), jnp.float32)
@@ -44,12 +43,10 @@ print(json.dumps({"temp_bytes": temp, "faults_per_call": faults[len(faults) // 2
 def _probe(mode):
     env = {k: v for k, v in os.environ.items() if k not in host_memory.HOST_MEMORY_ENV}
     env["JAX_PLATFORMS"] = "cpu"
-    out = subprocess.run([sys.executable, "-c", _PROBE, mode], env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json([sys.executable, "-c", _PROBE, mode], env=env, timeout=300)
 
 
+@pytest.mark.slow
 @glibc_only
 def test_step_buffer_is_not_faulted_in_again():
     default = _probe("default")

@@ -44,6 +44,7 @@ def test_prepare_images_converts_uint8_and_refuses_out_of_range():
                 prepare_images(keras.ops.convert_to_tensor(bad), "x")
 
 
+@pytest.mark.slow
 def test_predict_sample_and_generate_check_image_values():
     from uvim_keras import UViM
 
@@ -98,6 +99,7 @@ def test_fit_checks_label_arrays_up_front():
     assert int(to_numpy(model.optimizer.iterations)) == 0
 
 
+@pytest.mark.slow
 def test_fit_checks_tf_data_labels_in_the_pipeline():
     import keras
 
@@ -113,6 +115,7 @@ def test_fit_checks_tf_data_labels_in_the_pipeline():
     assert int(to_numpy(model.optimizer.iterations)) <= 1  # the bad batch never trained
 
 
+@pytest.mark.slow
 def test_compiled_step_turns_bad_labels_into_a_stop():
     """A generator's batches reach the compiled step unchecked: the task's loss
     is NaN there, so fit stops before applying it (torch runs the step eagerly

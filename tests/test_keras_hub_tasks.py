@@ -6,13 +6,12 @@ preprocessor, take raw images of any size and answer at that size."""
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from common import REPO
+from common import REPO, run_command
 
 pytest.importorskip("keras_hub")
 pytestmark = pytest.mark.multibackend
@@ -31,6 +30,7 @@ def _photos(n=2, size=(40, 70), seed=0):
     return np.clip(np.round((keras.ops.convert_to_numpy(big) + 1) * 127.5), 0, 255).astype("uint8")
 
 
+@pytest.mark.slow
 def test_registration_happens_when_keras_hub_is_imported_after_uvim_keras(tmp_path):
     script = f"""
 import sys
@@ -42,18 +42,18 @@ backbone = keras_hub.models.Backbone.from_preset({str(WEIGHTS / 'shapes_panoptic
 task = keras_hub.models.ImageSegmenter.from_preset({str(WEIGHTS / 'shapes_panoptic')!r})
 print(type(backbone).__name__, type(task).__name__, type(task.preprocessor).__name__)
 """
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_command([sys.executable, "-c", script], cwd=tmp_path, timeout=600,
+                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.stdout.split() == ["UViMStage1Backbone", "UViMImageSegmenter",
                                    "UViMImageSegmenterPreprocessor"]
 
 
+@pytest.mark.slow
 def test_image_segmenter_takes_raw_images_and_answers_at_their_size():
     import keras_hub
 
     from uvim_keras import UViM
-    from uvim_keras.presets.images import prepare_image, resize_prediction
+    from uvim_keras.data.images import prepare_image, resize_prediction
 
     segmenter = keras_hub.models.ImageSegmenter.from_preset(str(WEIGHTS / "shapes_panoptic"))
     photos = _photos()
@@ -62,7 +62,7 @@ def test_image_segmenter_takes_raw_images_and_answers_at_their_size():
     # what the command line computes: big_vision's preprocessing, UViM, resized back
     uvim = UViM.from_preset("shapes_panoptic")
     model_in = np.stack([prepare_image(p, uvim.input_size) for p in photos])
-    expected = np.stack([resize_prediction(o, (40, 70), "panoptic")
+    expected = np.stack([resize_prediction(o, (40, 70), uvim.task)
                          for o in uvim.predict(model_in, verbose=0)])
     assert (got == expected).mean() > 0.995, (got == expected).mean()
     # one image, and a list of images of different sizes
@@ -71,6 +71,7 @@ def test_image_segmenter_takes_raw_images_and_answers_at_their_size():
     assert [o.shape for o in both] == [(40, 70, 2), (30, 50, 2)]
 
 
+@pytest.mark.slow
 def test_depth_estimator_and_colorizer_from_keras_hub_base_classes():
     import keras_hub
 
@@ -106,6 +107,7 @@ def test_saved_presets_name_their_keras_hub_task(tmp_path):
         assert f"keras_hub.models.{task}.from_preset" in card and f'name: "{name}"' in card
 
 
+@pytest.mark.slow
 def test_presets_saved_by_older_versions_still_load(tmp_path):
     """A task.json naming the generic `UViMStage2Task` with no preprocessor
     (tests/fixtures/weights_layout2) loads as a UViM, and keras-hub's task

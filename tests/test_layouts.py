@@ -148,7 +148,7 @@ def test_attention_bad_num_heads_is_a_clear_error(num_heads):
 
 
 def test_big_vision_layout_view_transposes_mlp_kernels():
-    from uvim_keras.convert import BigVisionLayout, variable_map
+    from uvim_keras.checkpoints.big_vision import BigVisionLayout, variable_map
     from helpers import tiny_lm
 
     lm = tiny_lm()

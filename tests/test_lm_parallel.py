@@ -33,6 +33,7 @@ def masked_argmax_codes(logits):
 
 
 # -- structure ----------------------------------------------------------------------
+@pytest.mark.slow
 def test_parallel_lm_has_queries_and_non_causal_blocks_only():
     lm = parallel_lm(randomized=False)
     paths = [v.path for v in lm.weights]
@@ -98,6 +99,7 @@ def test_decoder_block_causal_flag():
 
 
 # -- training -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_parallel_lm_fit_lowers_loss_and_learns_the_codes():
     import keras
 
@@ -126,6 +128,7 @@ def test_parallel_lm_loss_is_mean_token_cross_entropy():
 
 
 # -- generation -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_greedy_generate_is_the_masked_argmax_of_one_pass_whatever_the_codes():
     lm = parallel_lm()
     imgs = images(3)
@@ -138,6 +141,7 @@ def test_greedy_generate_is_the_masked_argmax_of_one_pass_whatever_the_codes():
     np.testing.assert_array_equal(codes, masked_argmax_codes(logits[0]))
 
 
+@pytest.mark.slow
 def test_mask_bos_is_honoured():
     lm = parallel_lm()
     bias = to_numpy(lm.logits_dense.bias).copy()
@@ -176,6 +180,7 @@ def test_generate_is_one_decoder_pass():
     assert calls["decode"] == 1, calls
 
 
+@pytest.mark.slow
 def test_sampling_shapes_ranges_and_seeds():
     lm = parallel_lm()
     imgs = images(3)
@@ -209,6 +214,7 @@ def test_top_k_restricts_every_position():
             assert set(s[b, :, t]) <= set(allowed[b, t]), (b, t, s[b, :, t], allowed[b, t])
 
 
+@pytest.mark.slow
 def test_per_image_seeds_make_images_independent():
     lm = parallel_lm()
     imgs = images(3)
@@ -227,6 +233,7 @@ def test_per_image_seeds_make_images_independent():
 
 
 # -- serialization and adaptation ----------------------------------------------------------
+@pytest.mark.slow
 def test_config_and_keras_file_round_trip(tmp_path):
     import keras
 
@@ -250,6 +257,7 @@ def test_config_and_keras_file_round_trip(tmp_path):
                                       to_numpy(lm.generate(imgs, **kwargs)))
 
 
+@pytest.mark.slow
 def test_int8_and_lora(tmp_path):
     import keras
 
@@ -272,6 +280,7 @@ def test_int8_and_lora(tmp_path):
 
 
 # -- the whole UViM ----------------------------------------------------------------------
+@pytest.mark.slow
 def test_uvim_from_stage1_with_a_parallel_lm(tmp_path):
     import keras
 

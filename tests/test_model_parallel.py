@@ -1,17 +1,15 @@
-"""keras.distribution model parallelism: `uvim_keras.distribution`.
+"""keras.distribution model parallelism: `uvim_keras.models.sharding`.
 
 The fit-step comparison runs `_model_parallel_step.py` in a subprocess with 8
 virtual CPU devices (the device count must be set before JAX starts).
 """
 
-import json
 import os
-import subprocess
 import sys
 
 import pytest
 
-from common import REPO
+from common import REPO, run_json
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("KERAS_BACKEND", "jax") != "jax", reason="JAX distribution"
@@ -57,14 +55,11 @@ EXPECTED = {
 @pytest.fixture(scope="module")
 def step_result():
     script = REPO / "tests" / "_model_parallel_step.py"
-    proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=900,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json([sys.executable, script], timeout=900,
+                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["stage1", "lm"])
 def test_model_parallel_step_matches_single_device(step_result, model):
     r = step_result[model]
@@ -79,6 +74,7 @@ def test_model_parallel_step_matches_single_device(step_result, model):
         assert r["moved"]["quantizer/counts"] > 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["stage1", "lm"])
 def test_variables_have_the_intended_sharding(step_result, model):
     r = step_result[model]
@@ -98,6 +94,7 @@ def test_variables_have_the_intended_sharding(step_result, model):
         assert len(slot) == 1 and slots[slot[0]] == spec, (path, slot)
 
 
+@pytest.mark.slow
 def test_helpers_and_divisibility(step_result):
     assert step_result["data_parallel_mesh"] == [8]
     assert step_result["inferred_mesh"] == [2, 4]
@@ -116,7 +113,7 @@ def test_helpers_and_divisibility(step_result):
 def test_layout_map_matches_paths_with_any_prefix():
     import keras
 
-    from uvim_keras.distribution import uvim_layout_map
+    from uvim_keras.models.sharding import uvim_layout_map
 
     mesh = keras.distribution.DeviceMesh(
         (1, 1), ["batch", "model"], keras.distribution.list_devices()[:1]
@@ -148,7 +145,7 @@ def test_layout_map_matches_paths_with_any_prefix():
 def test_bad_arguments():
     import keras
 
-    from uvim_keras.distribution import model_parallel, uvim_layout_map
+    from uvim_keras.models.sharding import model_parallel, uvim_layout_map
 
     mesh = keras.distribution.DeviceMesh((1,), ["batch"], keras.distribution.list_devices()[:1])
     with pytest.raises(ValueError, match="model_axis"):
@@ -160,13 +157,14 @@ def test_bad_arguments():
         model_parallel(shape=(1, 1, 1))
 
 
+@pytest.mark.slow
 def test_layout_map_covers_the_composite_uvim():
     """UViM = LM + stage-I model: exactly both models' sharded variables."""
     import keras
 
     from helpers import tiny_lm, tiny_stage1
     from uvim_keras import UViM
-    from uvim_keras.distribution import uvim_layout_map
+    from uvim_keras.models.sharding import uvim_layout_map
 
     keras.utils.clear_session()
     uvim = UViM.from_stage1(tiny_lm(), tiny_stage1())

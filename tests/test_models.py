@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from common import to_numpy
-from helpers import TINY, panoptic_batch, tiny_lm, tiny_stage1
+from helpers import TINY, panoptic_batch, randomize_with_state, tiny_lm, tiny_stage1
 
 pytestmark = pytest.mark.multibackend
 
@@ -14,6 +14,7 @@ def _fit_losses(model, data, epochs, **fit_kwargs):
     return history.history
 
 
+@pytest.mark.slow
 def test_stage1_fit_lowers_loss_and_logs_codebook_usage():
     import keras
 
@@ -32,6 +33,7 @@ def test_stage1_fit_lowers_loss_and_logs_codebook_usage():
     assert not np.allclose(to_numpy(model.quantizer.counts), counts_before)
 
 
+@pytest.mark.slow
 def test_stage1_gradients_reach_oracle_through_quantizer():
     import keras
 
@@ -47,6 +49,7 @@ def test_stage1_gradients_reach_oracle_through_quantizer():
     assert any(moved), "no oracle weight received a gradient (straight-through broken)"
 
 
+@pytest.mark.slow
 def test_lm_fit_lowers_loss():
     import keras
 
@@ -86,23 +89,13 @@ def _assert_same_outputs(a, b, batch):
         )
 
 
-def _randomize(model, seed=1):
-    """Non-trivial weights (heads are zero-initialised) and VQ state."""
-    rng = np.random.default_rng(seed)
-    for v in model.weights:
-        if v.dtype == "float32" or "float" in str(v.dtype):
-            v.assign(rng.normal(0, 0.3, v.shape).astype("float32"))
-    if hasattr(model, "quantizer"):
-        model.quantizer.counts.assign(rng.uniform(0.5, 3, model.quantizer.counts.shape).astype("float32"))
-
-
 def test_stage1_config_and_keras_file_round_trip(tmp_path):
     import keras
 
     from uvim_keras import UViMStage1
 
     model = tiny_stage1()
-    _randomize(model)
+    randomize_with_state(model)
     clone = UViMStage1.from_config(model.get_config())
     assert clone.get_config() == model.get_config()
     path = tmp_path / "stage1.keras"
@@ -116,15 +109,16 @@ def test_stage1_config_and_keras_file_round_trip(tmp_path):
     _assert_same_outputs(model, loaded, panoptic_batch(2))
 
 
+@pytest.mark.slow
 def test_lm_and_uvim_keras_file_round_trip(tmp_path):
     import keras
 
     from uvim_keras import UViM
 
     lm = tiny_lm()
-    _randomize(lm)
+    randomize_with_state(lm)
     stage1 = tiny_stage1()
-    _randomize(stage1)
+    randomize_with_state(stage1)
     uvim = UViM.from_stage1(lm, stage1)
     images = panoptic_batch(2)["image"]
     expected = uvim.predict(images, verbose=0)
@@ -140,11 +134,12 @@ def test_lm_and_uvim_keras_file_round_trip(tmp_path):
     np.testing.assert_array_equal(to_numpy(lm2.generate(images)), to_numpy(lm.generate(images)))
 
 
+@pytest.mark.slow
 def test_uvim_sample_shapes_and_seed():
     from uvim_keras import UViM
 
     lm, stage1 = tiny_lm(), tiny_stage1()
-    _randomize(lm)
+    randomize_with_state(lm)
     uvim = UViM.from_stage1(lm, stage1)
     images = panoptic_batch(3)["image"]
     a = uvim.sample(images, num_samples=4, temperature=1.0, seed=7)
@@ -216,6 +211,7 @@ def _with_nan_images(batch, rows):
     return bad
 
 
+@pytest.mark.slow
 def test_fit_stops_on_a_nan_batch_without_applying_it():
     import keras
 
@@ -243,6 +239,7 @@ def test_fit_stops_on_a_nan_batch_without_applying_it():
         np.testing.assert_array_equal(b, a, err_msg=v.path)
 
 
+@pytest.mark.slow
 def test_lm_fit_stops_on_nan_and_stop_on_nan_false_opts_out():
     import keras
 

@@ -26,13 +26,12 @@ Two checks per case:
 
 import contextlib
 import json
-import pathlib
 
 import numpy as np
 import pytest
-from common import to_numpy
+from common import TEST_FIXTURES, to_numpy
 
-FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "adafactor_reference.npz"
+FIXTURE = TEST_FIXTURES / "adafactor_reference.npz"
 RTOL = 1e-6  # parameters: of the step's update
 STATE_RTOL = 2e-6  # optimizer state: of the tensor's largest entry
 
@@ -254,6 +253,7 @@ def test_factored_dims_follow_optax():
     assert _factored_dims((8, 6), 4) == (1, 0)
 
 
+@pytest.mark.slow
 def test_default_masks_agree_with_big_vision_names():
     """On uvim_keras models, the default weight-decay pattern and
     UVIM_STAGE2_LR_MULTIPLIERS (on variable paths) select what big_vision's

@@ -18,7 +18,6 @@ import os
 import pathlib
 import re
 import shutil
-import subprocess
 import sys
 import sysconfig
 import tarfile
@@ -26,21 +25,20 @@ import zipfile
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from common import REPO, run_command, run_json
+
 PRESETS = ("shapes_panoptic", "shapes_depth", "shapes_colorization")
 PRESET_FILES = ("config.json", "model.weights.h5", "task.json", "task.weights.h5",
                 "uvim_preset.json")
 _IGNORE = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__",
                                  ".pytest_cache", "uvim_demo", ".venv", "*.pyc")
 
-pytestmark = pytest.mark.packaging
+pytestmark = [pytest.mark.packaging, pytest.mark.slow]
 
 
 def _run(cmd, cwd, env=None, timeout=300):
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
+    """`run_command` (tests/common.py: asserts exit status 0) with 5 minutes' time."""
+    return run_command(cmd, cwd=cwd, env=env, timeout=timeout)
 
 
 def _version():
@@ -100,7 +98,7 @@ def test_sdist_ships_the_bundled_presets(built):
     for preset in PRESETS:
         for f in PRESET_FILES:
             assert f"weights/{preset}/{f}" in names, (preset, f)
-    assert "pyproject.toml" in names and "uvim_keras/cli.py" in names
+    assert "pyproject.toml" in names and "uvim_keras/cli/__init__.py" in names
 
 
 def test_wheel_ships_every_package_and_the_bundled_presets(built):
@@ -160,8 +158,8 @@ print(json.dumps({"file": uvim_keras.__file__, "bundled": str(BUNDLED_DIR),
                   "repo_on_path": any(p.startswith(sys.argv[1]) for p in sys.path)}))
 """
     env = _clean_env(UVIM_KERAS_CACHE=str(tmp_path / "cache"))
-    proc = _run([root / "bin" / "python", "-c", script, REPO], cwd=tmp_path, env=env)
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = run_json([root / "bin" / "python", "-c", script, REPO], cwd=tmp_path, env=env,
+                   timeout=300)
     assert pathlib.Path(got["file"]).is_relative_to(purelib), got["file"]  # the wheel, not /work
     assert not pathlib.Path(got["file"]).is_relative_to(REPO)
     assert pathlib.Path(got["bundled"]).resolve() == (purelib / "uvim_keras" / "_weights").resolve()

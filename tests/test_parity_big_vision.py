@@ -21,7 +21,7 @@ def _ids(paths):
 
 
 def build_stage1(io_path):
-    from uvim_keras import convert
+    from uvim_keras.checkpoints import big_vision as convert
 
     io, meta = load_io(io_path)
     model = convert.stage1_from_big_vision_config(meta["model"], task_config=meta.get("task_extra"))
@@ -56,6 +56,7 @@ def _check_predictions(model, io, prefix, logits, meta):
             np.testing.assert_array_equal(to_numpy(task.predict_outputs(logits)), expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("io_path", STAGE1, ids=_ids(STAGE1))
 def test_stage1_eval_path(io_path):
     model, io, meta = build_stage1(io_path)
@@ -124,7 +125,7 @@ def test_stage1_resize_matrices(io_path):
 
 
 def build_lm(io_path):
-    from uvim_keras import convert
+    from uvim_keras.checkpoints import big_vision as convert
 
     io, meta = load_io(io_path)
     lm = convert.lm_from_big_vision_config(meta["model"])
@@ -148,7 +149,8 @@ def test_stage2_teacher_forcing_and_greedy(io_path):
 
 @pytest.mark.parametrize("io_path", STAGE2, ids=_ids(STAGE2))
 def test_stage2_end_to_end(io_path):
-    from uvim_keras import UViM, convert
+    from uvim_keras import UViM
+    from uvim_keras.checkpoints import big_vision as convert
 
     lm, io, meta = build_lm(io_path)
     stage1_keys = [k for k in meta if k.startswith("stage1_")]

@@ -3,13 +3,14 @@ column names, scores, class key or depth scale), predict's legend (class
 names, instances, class-id order), one palette and one depth scale bar."""
 
 import json
-import pathlib
 import shutil
 
 import numpy as np
 import pytest
 
-WEIGHTS = pathlib.Path(__file__).resolve().parents[1] / "weights"
+from common import REPO
+
+WEIGHTS = REPO / "weights"
 SHAPES_NAMES = ("void", "sky", "ground", "disc", "square", "triangle")
 
 
@@ -34,7 +35,7 @@ def _dark_columns(region):
 # -- one palette, one depth scale bar ------------------------------------------------------
 def test_one_palette_and_one_depth_scale_bar():
     from uvim_keras import visualize
-    from uvim_keras.presets import pictures
+    from uvim_keras.visualize import figures as pictures
 
     assert pictures.class_colors is visualize.class_colors
     assert pictures.depth_scale_bar is visualize.depth_scale_bar
@@ -66,7 +67,7 @@ def test_depth_scale_bar_is_labelled_in_metres():
 
 # -- class names ---------------------------------------------------------------------------
 def test_class_names_from_the_task_else_coco_else_numbered():
-    from uvim_keras.presets.pictures import COCO_PANOPTIC_CLASSES, class_names
+    from uvim_keras.visualize.figures import COCO_PANOPTIC_CLASSES, class_names
 
     assert class_names(6, SHAPES_NAMES) == SHAPES_NAMES
     assert class_names(6) == ("void", "class 1", "class 2", "class 3", "class 4", "class 5")
@@ -109,7 +110,7 @@ def _maps():
 
 
 def test_legend_entries_names_instances_and_class_id_order():
-    from uvim_keras.presets.pictures import legend_entries
+    from uvim_keras.visualize.figures import legend_entries
 
     a, b = _maps()
     entries = legend_entries(a, 6, SHAPES_NAMES)
@@ -129,7 +130,7 @@ def test_legend_entries_names_instances_and_class_id_order():
 
 
 def _legend_spy(monkeypatch):
-    from uvim_keras.presets import pictures
+    from uvim_keras.visualize import figures as pictures
 
     seen = []
     real = pictures.legend_entries
@@ -142,6 +143,7 @@ def _legend_spy(monkeypatch):
     return seen
 
 
+@pytest.mark.slow
 def test_predict_picture_of_a_shapes_panoptic_prediction_names_the_classes(
         tmp_path, monkeypatch, capsys):
     """`uvim-keras predict` on the shapes_panoptic preset with its task's
@@ -178,22 +180,24 @@ def test_predict_picture_of_a_shapes_panoptic_prediction_names_the_classes(
 
 
 def test_picture_without_class_names_numbers_the_classes(monkeypatch):
-    from uvim_keras.presets.pictures import picture
+    from uvim_keras.visualize.figures import picture
 
     saved = json.loads((WEIGHTS / "shapes_panoptic" / "task.json").read_text())
     config = saved["config"]["backbone"]["config"]["task"]["config"]
     seen = _legend_spy(monkeypatch)
     a, b = _maps()
     image = np.zeros((8, 8, 3), "uint8")
-    picture("panoptic", image, [a, b], task_config=config)
-    picture("panoptic", image, [a], task_config=_task("panoptic").get_config())
+    from uvim_keras.tasks import PanopticTask
+
+    picture(PanopticTask(**config), image, [a, b])
+    picture(_task("panoptic"), image, [a])
     assert [e["name"] for e in seen[0]] == ["void", "class 1", "class 4"]
     assert [e["name"] for e in seen[1]] == ["sky", "square"]
 
 
 # -- the demo's figure -----------------------------------------------------------------------
 def _figure(name="panoptic", scores=None, title="UViM demo: synthetic panoptic, seed 0", **kw):
-    from uvim_keras.presets.pictures import demo_figure
+    from uvim_keras.visualize.figures import demo_figure
 
     data = _data(name)
     labels = data["labels"]
@@ -233,15 +237,15 @@ def test_demo_figure_title_columns_and_scores():
 
 
 def test_demo_figure_key_per_task():
-    from uvim_keras.presets.pictures import figure_key
-
-    key = figure_key(_task("panoptic"))
+    kind, key = _task("panoptic").figure_key()
+    assert kind == "classes"
     assert [text for _, text in key] == [f"{k}: {n}" for k, n in enumerate(SHAPES_NAMES)]
     from uvim_keras import visualize
 
     assert [c for c, _ in key] == [tuple(int(v) for v in c) for c in visualize.class_colors(6)]
-    assert figure_key(_task("depth")) == "depth"
-    assert figure_key(_task("colorization")) is None
+    depth = _task("depth")
+    assert depth.figure_key() == ("scale", depth.min_depth, depth.max_depth, "depth")
+    assert _task("colorization").figure_key() is None
     # the key sits right of the grid: panoptic and depth figures are wider than colorization's
     widths = {name: _figure(name).width for name in ("panoptic", "depth", "colorization")}
     grid = 2 * 12 + 5 * 96 + 4 * 4

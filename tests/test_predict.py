@@ -41,6 +41,7 @@ class Images:
         return _Images()
 
 
+@pytest.mark.slow
 def test_predict_takes_arrays_datasets_and_py_datasets(uvim, images):
     tf = pytest.importorskip("tensorflow")
 
@@ -59,6 +60,7 @@ def test_predict_shows_keras_progress_bar(uvim, images, capsys):
     assert "3/3" in out and "step" in out, out  # 3 batches, Keras' Progbar
 
 
+@pytest.mark.slow
 def test_sampled_predictions_use_per_image_seeds(uvim, images):
     runs = [uvim.predict(images, batch_size=bs, temperature=1.0, seed=3, verbose=0)
             for bs in (1, 2, 5)]
@@ -72,6 +74,7 @@ def test_sampled_predictions_use_per_image_seeds(uvim, images):
     np.testing.assert_array_equal(greedy, uvim.sample(images, 1, temperature=0.0)[:, 0])
 
 
+@pytest.mark.slow
 def test_sampling_a_dataset_is_seeded_by_the_model_generator(uvim, images):
     tf = pytest.importorskip("tensorflow")
 
@@ -93,6 +96,7 @@ def test_predict_bad_arguments_are_clear_errors(uvim, images):
         uvim.predict(images[:, :8, :8])
 
 
+@pytest.mark.slow
 def test_stage1_predict_returns_the_call_outputs():
     model = tiny_stage1()
     randomize(model, 4, std=0.5)

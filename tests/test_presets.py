@@ -5,16 +5,15 @@ served from the big_vision fixtures by an HTTP server on 127.0.0.1."""
 
 import json
 import os
-import pathlib
 import shutil
 
 import numpy as np
 import pytest
 
-from helpers import panoptic_batch, tiny_lm, tiny_stage1
+from common import LAYOUT2, to_numpy
+from helpers import panoptic_batch, randomize_with_state, tiny_lm, tiny_stage1
 from presets_helpers import (
     FileServer,
-    to_numpy,
     fixture_bytes,
     fixture_spec,
     npz_with_wrong_shape,
@@ -23,16 +22,6 @@ from presets_helpers import (
 from presets_helpers import cache_dir, registered, server  # noqa: F401  (fixtures)
 
 import uvim_keras  # noqa: F401  (selects the default backend before keras)
-
-
-def _randomize(model, seed=1):
-    rng = np.random.default_rng(seed)
-    for v in model.weights:
-        if "float" in str(v.dtype):
-            v.assign(rng.normal(0, 0.3, v.shape).astype("float32"))
-    if hasattr(model, "quantizer"):
-        model.quantizer.counts.assign(
-            rng.uniform(0.5, 3, model.quantizer.counts.shape).astype("float32"))
 
 
 def _files_under(path):
@@ -51,8 +40,8 @@ def tiny_uvim():
     from uvim_keras import UViM
 
     lm, stage1 = tiny_lm(), tiny_stage1()
-    _randomize(lm, 1)
-    _randomize(stage1, 2)
+    randomize_with_state(lm, 1)
+    randomize_with_state(stage1, 2)
     return UViM.from_stage1(lm, stage1)
 
 
@@ -109,12 +98,12 @@ def test_preset_names_do_not_collide_with_keras_hub():
 
 
 def test_importing_uvim_keras_does_not_import_keras_hub():
-    import subprocess
     import sys
 
+    from common import run_command
+
     code = "import sys, uvim_keras; print('keras_hub' in sys.modules, 'tensorflow' in sys.modules)"
-    env = dict(os.environ, KERAS_BACKEND="jax")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    out = run_command([sys.executable, "-c", code], backend="jax")
     assert out.stdout.split() == ["False", "False"], out.stderr[-2000:]
 
 
@@ -129,6 +118,7 @@ def test_cache_root_is_under_keras_home(monkeypatch, tmp_path):
 
 
 # -- first use: download -> cache -> convert -> load ----------------------------------
+@pytest.mark.slow
 @pytest.mark.multibackend
 def test_first_use_downloads_converts_caches_then_loads_offline(server, cache_dir, registered):
     from uvim_keras import UViM, UViMStage1
@@ -209,7 +199,7 @@ def test_load_weights_false_builds_without_download(server, cache_dir, registere
     n = len(server.requests)
     uvim = UViM.from_preset(spec.name, load_weights=False)
     assert len(server.requests) == n
-    assert uvim.lm.num_layers == 2 and uvim.stage1.oracle_depth == 1
+    assert uvim.lm.num_layers == 2 and uvim.stage1.oracle_num_layers == 1
     assert not os.path.exists(cache_dir / "presets" / spec.name)
 
 
@@ -262,7 +252,7 @@ def test_http_error_names_the_url(server, cache_dir, registered):
 
 def test_wrong_shape_checkpoint_fails_clearly_and_is_not_trusted(server, cache_dir, registered):
     from uvim_keras import UViMStage1
-    from uvim_keras.convert import ConversionError
+    from uvim_keras.checkpoints.big_vision import ConversionError
 
     server.files["/bad/stageI_panoptic_params.npz"] = npz_with_wrong_shape(
         "stageI_panoptic_params.npz", "params/decoder/encoderblock_1/MlpBlock_0/Dense_0/bias")
@@ -334,9 +324,6 @@ def test_uvim_preset_round_trip_and_layout(tmp_path, tiny_uvim):
     assert stage1.get_config() == {**tiny_uvim.stage1.get_config(), "name": stage1.name}
 
 
-LAYOUT2 = pathlib.Path(__file__).parent / "fixtures" / "weights_layout2"
-
-
 def _old_preset(tmp_path, layout):
     """A copy of a preset written by uvim-keras before weights_layout 3 (made
     with that code: tests/fixtures/weights_layout2); layout 1 transposes its
@@ -355,6 +342,7 @@ def _old_preset(tmp_path, layout):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", [1, 2])
 def test_older_weights_layout_is_refused_then_upgraded(tmp_path, layout):
     from uvim_keras import UViM
@@ -417,7 +405,7 @@ def test_outdated_cached_conversion_is_upgraded_when_loaded(tmp_path, cache_dir)
 
     assert cache.cached_preset("some_named_preset") == path
     assert layout() is None  # listing the cache changes nothing
-    assert api._cached("some_named_preset") == path
+    assert api.cached("some_named_preset") == path
     assert layout() == WEIGHTS_LAYOUT
 
 
@@ -427,7 +415,7 @@ def test_stage1_preset_round_trip(tmp_path):
     from uvim_keras.presets import PresetError
 
     model = tiny_stage1(code_dropout="linear", commitment_weight=0.25)
-    _randomize(model, 3)  # non-trivial weights, EMA dictionary and counts
+    randomize_with_state(model, 3)  # non-trivial weights, EMA dictionary and counts
     batch = panoptic_batch(2)
     path = tmp_path / "stage1"
     model.save_to_preset(str(path))
@@ -450,7 +438,7 @@ def test_stage1_preset_round_trip(tmp_path):
 def test_keras_hub_generic_loaders(tmp_path, tiny_uvim):
     import keras_hub
 
-    from uvim_keras.presets import hub
+    from uvim_keras import keras_hub_models as hub
 
     path = tmp_path / "uvim"
     tiny_uvim.save_to_preset(str(path))

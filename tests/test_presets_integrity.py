@@ -10,7 +10,6 @@ import contextlib
 import io
 import json
 import os
-import pathlib
 import shutil
 import subprocess
 import sys
@@ -19,15 +18,14 @@ import time
 import numpy as np
 import pytest
 
-from presets_helpers import BIG_VISION_FIXTURES, fixture_bytes, fixture_spec
+from common import BIG_VISION_FIXTURES, LAYOUT2, REPO, assert_succeeded, last_json_line
+from presets_helpers import fixture_bytes, fixture_spec
 from presets_helpers import cache_dir, registered, server  # noqa: F401  (fixtures)
 
 import uvim_keras  # noqa: F401  (selects the default backend before keras)
 
-TESTS = pathlib.Path(__file__).resolve().parent
-REPO = TESTS.parent
+TESTS = REPO / "tests"
 WEIGHTS = REPO / "weights"
-LAYOUT2 = TESTS / "fixtures" / "weights_layout2"
 STAGE1 = "/stageI_panoptic_params.npz"
 STAGE2 = "/stageII_params.npz"
 
@@ -84,6 +82,7 @@ def _assert_same_weights(a, b):
 
 
 # -- 1. write only what you create, delete only what you own ---------------------------
+@pytest.mark.slow
 def test_overwrite_replaces_only_preset_folders(tmp_path):
     from uvim_keras.presets import PresetError
     from uvim_keras.presets.conversion import convert_to_preset
@@ -170,6 +169,7 @@ def test_bundled_presets_carry_their_records():
         assert layout.verify_integrity(folder) is True
 
 
+@pytest.mark.slow
 def test_missing_and_foreign_weight_files_are_refused(tmp_path):
     from uvim_keras import UViM, UViMStage1
     from uvim_keras.presets import PresetError, layout
@@ -289,7 +289,8 @@ def test_update_model_card_rewrites_the_card_only(tmp_path):
 
 def test_stage1_config_is_authoritative(tmp_path):
     from uvim_keras import UViM, UViMStage1
-    from uvim_keras.presets import PresetError, hub, layout
+    from uvim_keras import keras_hub_models as hub
+    from uvim_keras.presets import PresetError, layout
 
     folder = _copy_bundled(tmp_path)
     task = json.loads((folder / "task.json").read_text())
@@ -363,7 +364,7 @@ def test_first_good_download_pins_the_url(server, cache_dir, registered):
 
 def test_non_finite_or_complex_checkpoints_are_refused(server, cache_dir, registered, tmp_path):
     from uvim_keras import UViMStage1
-    from uvim_keras.convert import ConversionError
+    from uvim_keras.checkpoints.big_vision import ConversionError
     from uvim_keras.presets import cache
     from uvim_keras.presets.conversion import convert_to_preset
     from presets_helpers import stage2_meta
@@ -460,12 +461,12 @@ elif kill == "upgrade_cleanup":  # the copy in place, the original half-removed
 
 hold = cfg.get("hold")
 if hold:  # tell when the conversion starts, then wait for the go
-    real_load = conversion._load
-    def _load(*args, **kwargs):
+    real_load = conversion.load_npz
+    def load_npz(*args, **kwargs):
         touch(hold["started"])
         wait_for(hold["go"])
         return real_load(*args, **kwargs)
-    conversion._load = _load
+    conversion.load_npz = load_npz
 slow = cfg.get("slow_upgrade")
 if slow:
     real_upgrade = layout.upgrade_h5
@@ -487,7 +488,7 @@ if action in ("uvim", "stage1"):
     model = (UViM if action == "uvim" else UViMStage1).from_preset(spec["name"], progress=False)
     out = {"weights": float(sum(abs(w.numpy()).sum() for w in model.weights))}
 else:
-    path = api._cached(cfg["name"])
+    path = api.cached(cfg["name"])
     out = {"path": path, "layout": layout.weights_layout(path)}
 print(json.dumps(out))
 """
@@ -502,9 +503,10 @@ def _child(cfg, cache_dir, server=None):
 
 
 def _result(proc, timeout=300):
+    """The JSON line a `_child` printed last, once it exited with 0."""
     out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, err[-3000:]
-    return json.loads(out.strip().splitlines()[-1])
+    assert_succeeded(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return last_json_line(out)
 
 
 def _wait_for(path, proc, timeout=120):
@@ -515,6 +517,7 @@ def _wait_for(path, proc, timeout=120):
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_processes_share_a_named_preset_and_its_downloads(server, cache_dir, tmp_path):
     """A converts the complete preset and is held while converting; B
     converts the stage-I preset from the same stage-I download and removes
@@ -549,6 +552,7 @@ def _download_name(url):
     return cache.download_path(url)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill", ["download", "save", "publish", "after_publish"])
 def test_killed_install_is_repaired_by_the_next_load(kill, server, cache_dir, registered):
     from uvim_keras import UViMStage1
@@ -589,6 +593,7 @@ def upgraded_reference(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill", ["upgrade_copy", "upgrade_record", "upgrade_swap",
                                   "upgrade_cleanup"])
 def test_killed_upgrade_is_repaired_by_the_next_load(kill, cache_dir, upgraded_reference):
@@ -600,13 +605,14 @@ def test_killed_upgrade_is_repaired_by_the_next_load(kill, cache_dir, upgraded_r
     assert proc.returncode == 17
     left = sorted(os.listdir(cache_dir / "presets"))
     assert left != ["old_conversion"]  # the kill left something behind
-    assert api._cached("old_conversion") == path
+    assert api.cached("old_conversion") == path
     assert sorted(os.listdir(cache_dir / "presets")) == ["old_conversion"], left
     info = json.loads(open(os.path.join(path, "uvim_preset.json")).read())
     assert info["weights_layout"] == WEIGHTS_LAYOUT and info["files"]
     _assert_same_weights(path, upgraded_reference)
 
 
+@pytest.mark.slow
 def test_two_processes_upgrade_the_same_cached_preset(cache_dir, tmp_path, upgraded_reference):
     path = _outdated_cached(cache_dir, "shared_old")
     started = str(tmp_path / "upgrading")
@@ -657,6 +663,7 @@ def _read_only(path, monkeypatch):
     monkeypatch.undo()
 
 
+@pytest.mark.slow
 def test_read_only_cache_loads_what_is_up_to_date(server, cache_dir, registered, monkeypatch,
                                                    capfd):
     from uvim_keras import UViM, UViMStage1
@@ -673,7 +680,7 @@ def test_read_only_cache_loads_what_is_up_to_date(server, cache_dir, registered,
         loaded = UViMStage1.from_preset(spec.name, progress=False)
         for a, b in zip(expected, loaded.get_weights()):
             np.testing.assert_array_equal(a, b)
-        copy = api._cached("ro_old")  # upgraded in a temporary copy, said on stderr
+        copy = api.cached("ro_old")  # upgraded in a temporary copy, said on stderr
         assert copy != old and os.path.isdir(copy)
         assert f"upgrade_weights_layout({old!r})" in capfd.readouterr().err
         assert isinstance(UViM.from_preset(copy), UViM)

@@ -10,19 +10,18 @@ hold more than about two copies of the weights at once.
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
-from presets_helpers import REPO
+from common import REPO, last_json_line, run_command, run_json
 
 pytestmark = pytest.mark.large
 
 _WRITE = r"""
 import json, sys, zipfile
 import numpy as np
-from uvim_keras import convert
+from uvim_keras.checkpoints import big_vision as convert
 from uvim_keras.presets import PRESETS
 cfg = PRESETS["panoptic_coco_stage1"].stage1_config
 model = convert.stage1_from_big_vision_config(cfg)
@@ -60,14 +59,10 @@ def test_full_size_panoptic_stage1_conversion_memory(tmp_path):
     env = dict(os.environ, KERAS_BACKEND=os.environ.get("KERAS_BACKEND", "jax"),
                TF_CPP_MIN_LOG_LEVEL="3")
     npz = tmp_path / "panoptic_stageI_synthetic.npz"
-    written = subprocess.run([sys.executable, "-c", _WRITE, str(npz)], capture_output=True,
-                             text=True, env=env, cwd=REPO)
-    assert written.returncode == 0, written.stderr[-3000:]
-    sizes = json.loads(written.stdout.strip().splitlines()[-1])
-    run = subprocess.run([sys.executable, "-c", _CONVERT, str(npz), str(tmp_path / "preset")],
-                         capture_output=True, text=True, env=env, cwd=REPO)
-    assert run.returncode == 0, run.stderr[-3000:]
-    stats = json.loads(run.stdout.strip().splitlines()[-1])
+    sizes = run_json([sys.executable, "-c", _WRITE, npz], env=env, cwd=REPO, timeout=None)
+    run = run_command([sys.executable, "-c", _CONVERT, npz, tmp_path / "preset"], env=env,
+                      cwd=REPO, timeout=None)
+    stats = last_json_line(run.stdout)
     assert stats["rc"] == 0, run.stderr[-3000:]
     weights_mb = sizes["bytes"] / 2**20
     extra_mb = (stats["peak_rss_kb"] - stats["rss_after_imports_kb"]) / 1024

@@ -164,9 +164,10 @@ def lm_runs(lm):
     assert np.all(np.isfinite(logits))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["big_vision", "augreg", "scan"])
 def test_encoder_loaded_posemb_resampled_decoder_untouched(tmp_path, layout):
-    from uvim_keras.pretrained import init_lm_encoder_from_vit
+    from uvim_keras.checkpoints.pretrained_vit import init_lm_encoder_from_vit
 
     params = make_vit(grid=3)  # 3x3 + class token -> the LM's 4x4 grid
     path = write(tmp_path, stored(params, layout))
@@ -189,7 +190,7 @@ def test_encoder_loaded_posemb_resampled_decoder_untouched(tmp_path, layout):
 
 @pytest.mark.parametrize("cls_token", [True, False])
 def test_posemb_unchanged_when_grids_match(tmp_path, cls_token):
-    from uvim_keras.pretrained import init_lm_encoder_from_vit
+    from uvim_keras.checkpoints.pretrained_vit import init_lm_encoder_from_vit
 
     params = make_vit(grid=4, cls_token=cls_token)
     lm = init_lm_encoder_from_vit(tiny_lm(num_layers=DEPTH), write(tmp_path, params))
@@ -201,7 +202,7 @@ def test_posemb_unchanged_when_grids_match(tmp_path, cls_token):
 @pytest.mark.parametrize("grid,input_size", [(6, (16, 16)), (3, (16, 28)), (5, (8, 24))])
 def test_posemb_resampled_to_other_grids(tmp_path, grid, input_size):
     """Downsampling and non-square LM grids (one zoom factor per axis)."""
-    from uvim_keras.pretrained import init_lm_encoder_from_vit
+    from uvim_keras.checkpoints.pretrained_vit import init_lm_encoder_from_vit
 
     params = make_vit(grid=grid)
     lm = tiny_lm(num_layers=DEPTH, input_size=input_size)
@@ -246,7 +247,7 @@ BAD = {
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_checkpoint_raises_naming_the_key(tmp_path, case):
-    from uvim_keras.pretrained import init_lm_encoder_from_vit
+    from uvim_keras.checkpoints.pretrained_vit import init_lm_encoder_from_vit
 
     kwargs, edit, words = BAD[case]
     params = make_vit(**kwargs)
@@ -264,7 +265,7 @@ def test_bad_checkpoint_raises_naming_the_key(tmp_path, case):
 
 
 def test_unreadable_files_raise(tmp_path):
-    from uvim_keras.pretrained import init_lm_encoder_from_vit
+    from uvim_keras.checkpoints.pretrained_vit import init_lm_encoder_from_vit
 
     lm = tiny_lm(num_layers=DEPTH)
     with pytest.raises(ValueError, match="does not exist"):
@@ -277,7 +278,7 @@ def test_unreadable_files_raise(tmp_path):
 
 def test_mapping_input_and_fixed_posemb_lm():
     """A name -> array dict works too; a sincos2d LM keeps its fixed posemb (warning)."""
-    from uvim_keras.pretrained import init_lm_encoder_from_vit
+    from uvim_keras.checkpoints.pretrained_vit import init_lm_encoder_from_vit
 
     params = make_vit(grid=3)
     lm = tiny_lm(num_layers=DEPTH, posemb="sincos2d")
@@ -295,9 +296,9 @@ def test_lm_encoder_from_a_base_model():
     trunk (same ViT geometry); the decoder is untouched; mismatches raise."""
     from helpers import TINY, tiny_stage1
 
-    from uvim_keras.pretrained import init_lm_encoder_from_base_model
+    from uvim_keras.checkpoints.pretrained_vit import init_lm_encoder_from_base_model
 
-    stage1 = tiny_stage1(zero_code=True, base_depth=2)
+    stage1 = tiny_stage1(zero_code=True, base_num_layers=2)
     base = stage1.base_model
     lm = tiny_lm(num_layers=2, width=TINY["width"], mlp_dim=TINY["mlp_dim"])
     decoder_before = [to_numpy(w).copy() for w in lm.decoder_blocks[0].weights]

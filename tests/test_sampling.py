@@ -36,7 +36,7 @@ def _init_weights(model, seed=0):
 
 @pytest.fixture(scope="module")
 def lm():
-    from uvim_keras.backend import compile_stateless
+    from uvim_keras.runtime.backend import compile_stateless
     from uvim_keras.models import GuidingCodeLM
 
     model = GuidingCodeLM(**CFG)
@@ -255,12 +255,13 @@ def test_select_tokens_directly():
     assert set(np.unique(nucleus)) == {3, 4}
 
 
+@pytest.mark.slow
 def test_per_image_noise_is_keras_noise_of_each_seed_also_when_compiled():
     """In-graph per-image noise (what `UViM.predict` uses) equals Keras' own
     draw for each int seed, in eager code and inside a compiled function."""
     import keras
 
-    from uvim_keras.backend import compile_stateless
+    from uvim_keras.runtime.backend import compile_stateless
     from uvim_keras.models.sampling import gumbel_noise, per_image_noise
 
     seeds = np.array([7, 2**31 - 5, 0], "int32")

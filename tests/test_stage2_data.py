@@ -52,6 +52,7 @@ def test_precomputed_codes_equal_in_step_codes(stage1, data, tmp_path):
     np.testing.assert_array_equal(in_step, memory["codes"])
 
 
+@pytest.mark.slow
 def test_fit_in_step_equals_fit_on_precomputed(stage1, data):
     frozen = weights(stage1)
     model = Stage2Model(tiny_lm(seed=3), stage1)

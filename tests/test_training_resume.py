@@ -8,7 +8,6 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -18,6 +17,7 @@ tf = pytest.importorskip("tensorflow")
 
 import keras  # noqa: E402
 
+from common import run_json, to_numpy  # noqa: E402
 from helpers import panoptic_batch, tiny_stage1  # noqa: E402
 from uvim_keras.optimizers import BigVisionAdafactor, CosineWarmup  # noqa: E402
 from uvim_keras.training import (  # noqa: E402
@@ -36,13 +36,9 @@ from uvim_keras.training import checkpoint as ckpt_module  # noqa: E402
 from uvim_keras.training import run as run_module  # noqa: E402
 
 
-def to_np(x):
-    return np.asarray(keras.ops.convert_to_numpy(x))
-
-
 def state_of(model):
     """Every variable a checkpoint restores, as numpy arrays."""
-    return [to_np(v.value).astype(np.float64)
+    return [to_numpy(v.value).astype(np.float64)
             for v in list(model.variables) + list(model.optimizer.variables)]
 
 
@@ -73,6 +69,7 @@ def stage1_model(seed):
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="exact resume is checked on JAX")
 def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
     common = dict(total_steps=6, steps_per_epoch=4, checkpoint_every=2, log_every=1, verbose=0)
@@ -110,7 +107,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
     assert len(seeds) == 2                        # code dropout + quantizer
     restore_checkpoint(model_a, ckpt2)
     for v in seeds:
-        v.assign(to_np(v.value) + 17)
+        v.assign(to_numpy(v.value) + 17)
     model_a.fit(make_dataset().skip(2), steps_per_epoch=4, epochs=1, verbose=0, shuffle=False)
     diff = max(np.abs(a - b).max() for a, b in zip(expected, state_of(model_a)))
     assert diff > 1e-4
@@ -132,16 +129,15 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
         assert {(tag, s) for s in range(1, 7)} <= tags
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="keras.distribution on JAX")
 def test_resume_under_model_parallelism_is_exact_and_keeps_shardings():
     """2 x 4 ModelParallel on 8 CPU devices (a subprocess: the device count is
     fixed when JAX starts): the sharded VQ dictionary and attention/MLP kernels
     are gathered into the checkpoint and restored onto their shardings."""
     script = pathlib.Path(__file__).with_name("_resume_model_parallel.py")
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_json([sys.executable, script], timeout=600,
+                      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert (result["start_step"], result["step"]) == (2, 4)
     assert result["max_abs_diff"] <= 1e-6
     assert result["dictionary_sharding"] == "PartitionSpec('model', None)" or \
@@ -172,7 +168,7 @@ def test_partial_writes_are_never_trusted(tmp_path, monkeypatch):
     save_checkpoint(model, d, step=1)
     model.layers[0].kernel.assign(np.ones((3, 1), "float32"))
     save_checkpoint(model, d, step=2)
-    good = [to_np(v.value) for v in model.variables]
+    good = [to_numpy(v.value) for v in model.variables]
 
     # A kill during the write of step 3: np.savez dies halfway through the file.
     def dying_savez(f, **arrays):
@@ -203,15 +199,15 @@ def test_partial_writes_are_never_trusted(tmp_path, monkeypatch):
     raw[60:68] = b"\xff" * 8
     state.write_bytes(bytes(raw))
     model.layers[0].kernel.assign(np.zeros((3, 1), "float32"))
-    before = [to_np(v.value) for v in model.variables]
+    before = [to_numpy(v.value) for v in model.variables]
     with pytest.raises(CheckpointError, match="corrupt"):
         restore_checkpoint(model, d / "ckpt-000000006")
-    for a, b in zip(before, [to_np(v.value) for v in model.variables]):
+    for a, b in zip(before, [to_numpy(v.value) for v in model.variables]):
         np.testing.assert_array_equal(a, b)
     with pytest.warns(UserWarning, match="unreadable checkpoint"):
         info = resume(model, d)
     assert info.step == 2
-    for a, b in zip(good, [to_np(v.value) for v in model.variables]):
+    for a, b in zip(good, [to_numpy(v.value) for v in model.variables]):
         np.testing.assert_array_equal(a, b)
     # The next save sweeps the leftovers of the killed write.
     save_checkpoint(model, d, step=7, keep=None)
@@ -239,7 +235,7 @@ def test_checkpoint_restores_optimizer_and_checks_fit(tmp_path):
     other = dense_model()
     other.layers[0].kernel.assign(np.full((3, 1), 5.0, "float32"))
     assert restore_checkpoint(other, info.path).step == 3
-    assert int(to_np(other.optimizer.iterations)) == 3
+    assert int(to_numpy(other.optimizer.iterations)) == 3
     for a, b in zip(expected, state_of(other)):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(CheckpointError, match="does not fit"):
@@ -317,7 +313,7 @@ def test_all_checkpoints_corrupt_is_an_error_not_a_restart(tmp_path):
                            r"ckpt-000000003\); resuming would start again from step 0"):
             fit_resumable(model, xy_dataset(), workdir=tmp_path, total_steps=6,
                           checkpoint_every=1, log_every=None, verbose=0)
-    assert int(to_np(model.optimizer.iterations)) == 0  # nothing trained
+    assert int(to_numpy(model.optimizer.iterations)) == 0  # nothing trained
     assert list_checkpoints(d) == []
     # Rerunning does not restart from 0 either: corrupt/ still says why.
     with pytest.raises(CorruptCheckpointError, match="no readable checkpoint"):

@@ -8,7 +8,7 @@ use another backend.
 `import uvim_keras` imports the models, layers and tasks, which registers
 every uvim_keras class with Keras (`.keras` files and keras-hub presets then
 load); the keras-hub classes are registered as soon as keras-hub is imported
-(`uvim_keras.import_hooks`), so TensorFlow is not imported with uvim_keras,
+(`uvim_keras.runtime.import_hooks`), so TensorFlow is not imported with uvim_keras,
 and when something imports it under the JAX or torch backend its C++
 start-up logging is kept off the terminal (`UVIM_KERAS_VERBOSE=1` shows it). The one exception is the `uvim-keras` command: it parses its
 arguments (and answers `--help` and `--version`) without importing Keras,
@@ -64,5 +64,5 @@ else:
     globals().update({name: _public(name) for name in _PUBLIC})
 
 # keras-hub's classes registered when keras-hub loads; TensorFlow loads quietly
-# under the other backends (uvim_keras.import_hooks).
-_importlib.import_module("uvim_keras.import_hooks").install()
+# under the other backends (uvim_keras.runtime.import_hooks).
+_importlib.import_module("uvim_keras.runtime.import_hooks").install()

@@ -6,59 +6,18 @@ compute the task's metrics.
 >>> results["metrics"]["All"]["pq"]
 """
 
+import keras
 import numpy as np
 
-from uvim_keras.tasks import ColorizationTask, DepthTask, PanopticTask
+from uvim_keras.models import UViM, UViMStage1
 
 
 def task_metric(task, categories=None, nyu_eval_crop=False, fid=None):
-    """The stateful metric object that evaluates `task`'s outputs.
-
-    panoptic -> `PanopticQuality(categories)` (COCO category list: the ids of
-    the labels' semantic channel); depth -> `DepthMetrics`; colorization ->
-    `FID` if `fid` (an `FID` metric with a feature extractor) is given, else a
-    mean-squared-error accumulator.
-    """
-    from uvim_keras import metrics
-
-    if isinstance(task, PanopticTask):
-        if categories is None:
-            raise ValueError(
-                "categories is None; panoptic evaluation needs the category list "
-                "(dicts with id, name, isthing) of the semantic ids."
-            )
-        return metrics.PanopticQuality(categories)
-    if isinstance(task, DepthTask):
-        return metrics.DepthMetrics(task.min_depth, task.max_depth, nyu_eval_crop=nyu_eval_crop)
-    if isinstance(task, ColorizationTask):
-        return fid if fid is not None else _MeanSquaredError()
-    raise ValueError(f"task={task!r} has no built-in metric; pass metric=... explicitly.")
-
-
-class _MeanSquaredError:
-    """Mean squared error over all pixels seen (host-side)."""
-
-    def __init__(self):
-        self.total, self.count = 0.0, 0
-
-    def update_state(self, y_true, y_pred):
-        diff = np.asarray(y_pred, "float64") - np.asarray(y_true, "float64")
-        self.total += float(np.sum(diff**2))
-        self.count += diff.size
-
-    def result(self):
-        return {"MSE": self.total / max(self.count, 1)}
-
-
-def _update(metric, task, labels, outputs):
-    from uvim_keras.metrics import FID
-
-    if isinstance(metric, FID):
-        metric.update_state(real_images=labels, generated_images=outputs)
-    elif isinstance(task, DepthTask):
-        metric.update_state(labels[..., 0], outputs)
-    else:
-        metric.update_state(labels, outputs)
+    """The task's own metric (`task.metric`), given the options set here:
+    `categories` (panoptic), `nyu_eval_crop` (depth), `fid` (colorization);
+    an option the task does not take is a TypeError naming it."""
+    options = {"categories": categories, "nyu_eval_crop": nyu_eval_crop or None, "fid": fid}
+    return task.metric(**{k: v for k, v in options.items() if v is not None})
 
 
 def _batches(dataset):
@@ -87,10 +46,6 @@ def evaluate(model, dataset, metric=None, categories=None, temperature=None, see
     Returns:
       {"metrics": metric.result(), "num_examples": int}.
     """
-    import keras
-
-    from uvim_keras.models import UViM, UViMStage1
-
     if not isinstance(model, (UViM, UViMStage1)):
         raise ValueError(f"model is a {type(model).__name__}; expected a UViM or a UViMStage1.")
     task = model.task
@@ -110,7 +65,7 @@ def evaluate(model, dataset, metric=None, categories=None, temperature=None, see
             outputs = keras.ops.convert_to_numpy(
                 model.predict_outputs({"image": images, "labels": labels})
             )
-        _update(metric, task, labels, np.asarray(outputs))
+        task.update_metric(metric, labels, np.asarray(outputs))
         seen += len(images)
         if bar is not None:
             bar.add(len(images))

@@ -27,7 +27,7 @@ VARIANTS = ("paper", "singlehost", "smoke")
 
 STAGE1_MODEL = dict(
     input_size=512, patch_size=16, code_len=256, dict_size=4096, codeword_dim=768, width=768,
-    oracle_depth=6, base_depth=12, num_heads=12, mlp_dim=3072, posemb="learn",
+    oracle_num_layers=6, base_num_layers=12, num_heads=12, mlp_dim=3072, posemb="learn",
     bottleneck_resize=True, oracle_image_ctx=True, base_image_ctx=True, code_dropout="random",
     dict_momentum=0.995, commitment_weight=0.0,
 )
@@ -37,8 +37,8 @@ LM_MODEL = dict(input_size=512, patch_size=16, width=1024, num_layers=24, num_he
 COMMON_TRAIN = dict(seed=0, encoder_lr_multiplier=0.1, mock_examples=None, steps=None)
 
 SMOKE_STAGE1_MODEL = dict(input_size=16, patch_size=4, code_len=4, dict_size=8,
-                          codeword_dim=8, width=16, oracle_depth=1, base_depth=1, num_heads=2,
-                          mlp_dim=32)
+                          codeword_dim=8, width=16, oracle_num_layers=1, base_num_layers=1,
+                          num_heads=2, mlp_dim=32)
 # A different image resolution than stage I's, so the smoke run also feeds image_ctx.
 SMOKE_LM_MODEL = dict(input_size=32, patch_size=8, width=16, num_layers=1, num_heads=2,
                       mlp_dim=32)

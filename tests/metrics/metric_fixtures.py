@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from common import REPO
 
 
 def fixture_dir():

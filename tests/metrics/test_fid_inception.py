@@ -148,6 +148,7 @@ def keras_model(reference):
     return load_fid_inception(reference[2])
 
 
+@pytest.mark.slow
 @pytest.mark.multibackend
 @pytest.mark.parametrize("height, width", [(64, 80), (320, 306)])
 def test_features_match_pytorch_fid(reference, keras_model, height, width):
@@ -163,6 +164,7 @@ def test_features_match_pytorch_fid(reference, keras_model, height, width):
     assert error <= FEATURE_ATOL
 
 
+@pytest.mark.slow
 @pytest.mark.multibackend
 def test_extractor_and_fid_metric_match_pytorch_fid(reference, keras_model,
                                                     tmp_path):

@@ -3,14 +3,12 @@
 import doctest
 import importlib
 import os
-import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from common import REPO, run_command
 
 SCRIPT = textwrap.dedent("""
     import sys
@@ -44,9 +42,7 @@ def test_import_without_tensorflow():
     env = dict(os.environ, KERAS_BACKEND="jax",
                PYTHONPATH=os.pathsep.join(
                    [str(REPO), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = run_command([sys.executable, "-c", SCRIPT], env=env, cwd=REPO, timeout=120)
     assert out.stdout.split()[-4:] == ["1.0", "0.0", "0.0", "False"]
 
 

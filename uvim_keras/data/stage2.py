@@ -38,6 +38,7 @@ from keras import ops
 
 from uvim_keras.models.lm import GuidingCodeLM
 from uvim_keras.models.stage1 import UViMStage1
+from uvim_keras.runtime.backend import compile_stateless
 
 INDEX_FILE = "index.json"
 
@@ -166,8 +167,6 @@ _ENCODERS = weakref.WeakKeyDictionary()
 
 def _encoder(stage1):
     """``stage1.encode`` compiled once per stage-I model."""
-    from uvim_keras.backend import compile_stateless
-
     if stage1 not in _ENCODERS:
         _ENCODERS[stage1] = compile_stateless(
             stage1, lambda image, labels: stage1.encode({"image": image, "labels": labels}))

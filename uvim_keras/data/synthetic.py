@@ -63,6 +63,8 @@ SYNTHETIC_TASKS = {
                         "max_instances": PANOPTIC_MAX_OBJECTS + 3,
                         "class_names": PANOPTIC_CLASS_NAMES},
         "categories": PANOPTIC_CATEGORIES,
+        "metric_options": {"categories": PANOPTIC_CATEGORIES},
+        "card_metrics": ("PQ",),
     },
     "depth": {
         "generator": make_depth_scenes,
@@ -73,6 +75,7 @@ SYNTHETIC_TASKS = {
         # 64 bins of 0.16 m (rounding adds about 0.05 m RMSE): the depth heads of
         # the demo's small models cost half as much as with 128 bins.
         "task_kwargs": {"bins": 64, "min_depth": MIN_DEPTH, "max_depth": MAX_DEPTH},
+        "card_metrics": ("RMSE",),
     },
     "colorization": {
         "generator": make_colorization_shapes,
@@ -81,6 +84,7 @@ SYNTHETIC_TASKS = {
         "label_dtype": "float32",
         "label_channels": 3,
         "task_kwargs": {},
+        "card_metrics": ("colourfulness", "MSE", "colourfulness_ground_truth"),
     },
 }
 

@@ -38,6 +38,17 @@ def linear_resize_matrix(n_in, n_out):
 class TokenResize(keras.layers.Layer):
     """Resizes (B, h_in * w_in, C) row-major tokens to (B, h_out * w_out, C).
 
+    The token grid is resized as an image, with `jax.image.resize`'s
+    linear interpolation (antialiased when downsampling); the oracle uses it
+    to bring the ViT grid to the code's grid and the base model back
+    (`bottleneck_resize=True`). No weights: the two 1-D weight matrices
+    (`linear_resize_matrix`) are fixed. Equal grids pass the tokens through.
+
+    Args:
+      grid_in: (int, int). The input token grid (h_in, w_in).
+      grid_out: (int, int). The output token grid (h_out, w_out).
+      **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
     Example:
     >>> down = TokenResize((8, 8), (4, 4))
     >>> y = down(keras.ops.ones((2, 64, 16)))  # (2, 16, 16)
@@ -67,6 +78,16 @@ class TokenResize(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="uvim_keras")
 class TokenMixing(keras.layers.Layer):
     """Learned token-count change (B, n_in, C) -> (B, n_out, C).
+
+    out[b, n, c] = sum_t x[b, t, c] M[t, n] with a learned `matrix` M
+    (n_in, n_out), Glorot-uniform initialised: big_vision's
+    `bottleneck_downsample` / `bottleneck_upsample`, which the stage-I
+    models use with `bottleneck_resize=False`.
+
+    Args:
+      n_in: int. Input tokens.
+      n_out: int. Output tokens.
+      **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Example:
     >>> mix = TokenMixing(64, 16)

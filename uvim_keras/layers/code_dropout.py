@@ -14,7 +14,17 @@ class CodeDropout(keras.layers.Layer):
     one threshold u ~ U[0, 1) and keeps the words with importance > u, i.e. a
     prefix of about (1 - u) C words. In `random` mode that mask is permuted
     independently per example, so a random subset of words is kept. `none`
-    (and inference) leave the code untouched.
+    (and inference) leave the code untouched. Dropped words are zeroed;
+    kept words are not rescaled. No weights; the random state is a
+    `keras.random.SeedGenerator` (`seed_generator`).
+
+    Args:
+      mode: str. `"none"`, `"linear"` (a prefix of the code is kept) or
+        `"random"` (a random subset). Defaults to `"random"`. (`UViMStage1`
+        takes it as `code_dropout`.)
+      seed: int or None. Seed of the layer's `SeedGenerator`. Defaults to
+        `None`.
+      **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Example:
     >>> drop = CodeDropout("random", seed=0)

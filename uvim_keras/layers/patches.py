@@ -34,6 +34,16 @@ def unpatchify(patches, patch_size, grid_size):
 class PatchStem(keras.layers.Layer):
     """Embeds label patches (B, G, c, P) -> (B, G, width); kernel (c, P, width).
 
+    The oracle's label stem: one dense projection of each patch's c
+    channels x P pixels (e.g. one-hot classes), y = einsum(x, kernel) +
+    bias, with a LeCun-normal `kernel` (c, P, width) and a zero `bias`
+    (width,). c and P are taken from the input when the layer is built; the
+    input is cast to the compute dtype.
+
+    Args:
+      width: int. Output channels per token.
+      **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
     Example:
     >>> stem = PatchStem(width=32)
     >>> y = stem(keras.ops.zeros((2, 16, 7, 64)))  # (2, 16, 32)
@@ -64,8 +74,18 @@ class PatchStem(keras.layers.Layer):
 class PatchHead(keras.layers.Layer):
     """Per-token head (B, G, width) -> logits (B, G, channels, P).
 
-    big_vision zero-initialises these kernels (`head_zeroinit`); so do we by
-    default.
+    The base model's output head: every token's width is projected to the
+    logits of its patch, `kernel` (width, channels, P) and `bias`
+    (channels, P); `unpatchify` lays them out as an image. big_vision
+    zero-initialises these kernels (`head_zeroinit`); so do we by default.
+
+    Args:
+      channels: int. Logit channels per pixel (e.g. the classes of a label
+        key).
+      patch_pixels: int. Pixels per patch, P = ph * pw.
+      zero_init: bool. Zero-initialise the kernel (big_vision's
+        `head_zeroinit`); False: LeCun normal. Defaults to `True`.
+      **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Example:
     >>> head = PatchHead(channels=7, patch_pixels=64)

@@ -20,6 +20,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from uvim_keras.layers.renamed import renamed_arguments
+
 LAYER_NORM_EPSILON = 1e-6
 
 
@@ -30,14 +32,22 @@ class LayerNorm(keras.layers.LayerNormalization):
     Same weights (`gamma`, `beta`) and result as Keras' layer, but the
     statistics are taken as flax does: `x * x` first, then `mean(x)` and
     `mean(x * x)` side by side, `var = max(mean(x * x) - mean(x)^2, 0)`,
-    `y = (x - mean) * (rsqrt(var + eps) * gamma) + beta`, in float32.
+    `y = (x - mean) * (rsqrt(var + eps) * gamma) + beta`, in float32, cast
+    back to the compute dtype. Inputs are (..., width).
 
     Why not Keras' own: with its mean-then-variance order, XLA:CPU fuses the
     residual stream's gradient of *every* block above into each block's
-    backward pass (fusions with 20-57 operands, quadratic in depth); squaring
+    backward pass (fusions whose operand count grows with depth); squaring
     before the first reduction keeps each block's backward separate, as in
-    big_vision. A jax train step of the LM gets about 15% faster
-    (benchmarks/README.md); the other backends are unaffected.
+    big_vision, and makes a jax train step faster (measured in
+    benchmarks/README.md, "LayerNorm"); the other backends are unaffected.
+
+    Args:
+      epsilon: float. Added to the variance. Defaults to `1e-6`
+        (big_vision's; Keras' default is `1e-3`).
+      **kwargs: `keras.layers.LayerNormalization`'s other arguments (`name`,
+        `dtype`, ...); `axis` is ignored (always the last axis), and
+        `center`, `scale` must stay True and `rms_scaling` False.
 
     Example:
     >>> norm = LayerNorm(epsilon=1e-6)
@@ -83,19 +93,23 @@ MLP_EQUATION = "abi,oi->abo"
 
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
+@renamed_arguments(dropout="dropout_rate")
 class MlpBlock(keras.layers.Layer):
-    """Dense(mlp_dim) -> tanh-GELU -> dropout -> Dense(width).
+    """The transformer MLP: Dense(mlp_dim) -> tanh-GELU -> dropout -> Dense(width).
 
-    Both projections are `keras.layers.EinsumDense` layers (`dense_0`,
-    `dense_1`) whose kernels are stored (out, in) (`MLP_EQUATION`); the
-    big_vision converter transposes flax's (in, out) `MlpBlock_0/Dense_0|1`.
-    Why (out, in): on XLA:CPU the weight gradient of an (in, out) kernel
-    becomes a dot that its fast matmul library refuses (benchmarks/README.md).
-    Inputs are (batch, tokens, width).
+    big_vision's `MlpBlock`. Both projections are `keras.layers.EinsumDense`
+    layers (`dense_0`, `dense_1`) whose kernels are stored (out, in)
+    (`MLP_EQUATION`); the big_vision converter transposes flax's (in, out)
+    `MlpBlock_0/Dense_0|1`. Why (out, in): on XLA:CPU the weight gradient of
+    an (in, out) kernel becomes a dot that its fast matmul library refuses
+    (benchmarks/README.md). Inputs are (batch, tokens, width) and the output
+    has their shape; `width` is taken from the input when the block is built.
 
     Args:
-      mlp_dim: width of the hidden layer.
-      dropout: dropout rate after the activation.
+      mlp_dim: int. Width of the hidden layer (a positive integer).
+      dropout_rate: float. Dropout rate on the hidden activations, in [0, 1).
+        Defaults to `0.0`. Formerly `dropout` (still accepted).
+      **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Example:
     >>> block = MlpBlock(mlp_dim=64)
@@ -104,16 +118,16 @@ class MlpBlock(keras.layers.Layer):
     (64, 32)
     """
 
-    def __init__(self, mlp_dim, dropout=0.0, **kwargs):
+    def __init__(self, mlp_dim, dropout_rate=0.0, **kwargs):
         super().__init__(**kwargs)
         if int(mlp_dim) != mlp_dim or mlp_dim < 1:
             raise ValueError(f"mlp_dim={mlp_dim!r}: expected a positive integer.")
         self.mlp_dim = int(mlp_dim)
-        self.dropout = dropout
+        self.dropout_rate = dropout_rate
         self.dense_0 = projection(MLP_EQUATION, (None, self.mlp_dim), "o", "dense_0",
                                   self.dtype_policy)
         self.dense_1 = None
-        self.drop = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        self.dropout = keras.layers.Dropout(dropout_rate, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         width = input_shape[-1]
@@ -125,7 +139,7 @@ class MlpBlock(keras.layers.Layer):
 
     def call(self, x, training=None):
         x = keras.activations.gelu(self.dense_0(x), approximate=True)
-        x = self.drop(x, training=training)
+        x = self.dropout(x, training=training)
         return self.dense_1(x)
 
     # -- decoding loops -----------------------------------------------------------
@@ -147,10 +161,12 @@ class MlpBlock(keras.layers.Layer):
         return ops.matmul(x, kernels[1]) + self.dense_1.bias
 
     def get_config(self):
-        return {**super().get_config(), "mlp_dim": self.mlp_dim, "dropout": self.dropout}
+        return {**super().get_config(), "mlp_dim": self.mlp_dim,
+                "dropout_rate": self.dropout_rate}
 
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
+@renamed_arguments(dropout="dropout_rate")
 class MultiHeadDotProductAttention(keras.layers.Layer):
     """Multi-head dot-product attention with flax's numerics.
 
@@ -161,14 +177,21 @@ class MultiHeadDotProductAttention(keras.layers.Layer):
     scaled by 1/sqrt(head_dim) and the softmax taken in float32, as
     big_vision does.
 
-    Besides `call(query, value, attention_mask)` it exposes `project_query`,
+    `call(query, value=None, attention_mask=None)`: query (B, Q, width),
+    value (B, S, width) (default: the query, i.e. self-attention), an
+    optional boolean mask broadcastable to (B, heads, Q, S) (True = may
+    attend) -> (B, Q, width). Besides `call` it exposes `project_query`,
     `project_kv` and `attend`, so that a decoder projects the image's
-    keys/values once per call (see `DecoderBlock`).
+    keys/values once per call (see `DecoderBlock`). `width` is taken from
+    the query when the layer is built; head_dim = width / num_heads.
 
     Args:
-      num_heads: number of attention heads; the width must divide by it.
-      use_bias: whether the projections have biases.
-      dropout: dropout rate on the attention weights.
+      num_heads: int. Number of attention heads; the width must divide by it.
+      use_bias: bool. Whether the four projections have biases. Defaults to
+        `True` (big_vision's ViT; its LM decoder uses `False`).
+      dropout_rate: float. Dropout rate on the attention weights, in [0, 1).
+        Defaults to `0.0`. Formerly `dropout` (still accepted).
+      **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Example:
     >>> mha = MultiHeadDotProductAttention(num_heads=2)
@@ -177,14 +200,14 @@ class MultiHeadDotProductAttention(keras.layers.Layer):
     (32, 2, 16)
     """
 
-    def __init__(self, num_heads, use_bias=True, dropout=0.0, **kwargs):
+    def __init__(self, num_heads, use_bias=True, dropout_rate=0.0, **kwargs):
         super().__init__(**kwargs)
         if int(num_heads) != num_heads or num_heads < 1:
             raise ValueError(f"num_heads={num_heads!r}: expected a positive integer.")
         self.num_heads = int(num_heads)
         self.use_bias = bool(use_bias)
-        self.dropout = dropout
-        self.drop = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        self.dropout_rate = dropout_rate
+        self.dropout = keras.layers.Dropout(dropout_rate, dtype=self.dtype_policy)
         self.query = self.key = self.value = self.attention_output = None
 
     def build(self, query_shape, value_shape=None):
@@ -231,7 +254,7 @@ class MultiHeadDotProductAttention(keras.layers.Layer):
         if attention_mask is not None:
             logits = ops.where(attention_mask, logits, ops.cast(-1e30, logits.dtype))
         weights = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
-        weights = self.drop(weights, training=training)
+        weights = self.dropout(weights, training=training)
         return self.attention_output(ops.einsum("bhqs,bshd->bqhd", weights, v))
 
     def call(self, query, value=None, attention_mask=None, training=None):
@@ -244,36 +267,45 @@ class MultiHeadDotProductAttention(keras.layers.Layer):
             **super().get_config(),
             "num_heads": self.num_heads,
             "use_bias": self.use_bias,
-            "dropout": self.dropout,
+            "dropout_rate": self.dropout_rate,
         }
 
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
+@renamed_arguments(dropout="dropout_rate")
 class EncoderBlock(keras.layers.Layer):
-    """Pre-LN ViT block: x + MHA(LN(x)), then x + MLP(LN(x)).
+    """Pre-LN ViT encoder block: x + MHA(LN(x)), then x + MLP(LN(x)).
+
+    big_vision's `vit.Encoder1DBlock`: self-attention with biases
+    (`attention`), then the MLP (`mlp`), each after a LayerNorm (`norm_0`,
+    `norm_1`, epsilon 1e-6) and added to the residual stream. Inputs are
+    (batch, tokens, width) and the output has their shape.
 
     Args:
-      num_heads: attention heads.
-      mlp_dim: hidden width of the MLP.
-      dropout: dropout rate (MLP and residual branches).
+      num_heads: int. Attention heads; the width must divide by it.
+      mlp_dim: int. Hidden width of the MLP.
+      dropout_rate: float. Dropout rate of the MLP's hidden activations and
+        of both residual branches (not of the attention weights), in
+        [0, 1). Defaults to `0.0`. Formerly `dropout` (still accepted).
+      **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Example:
     >>> block = EncoderBlock(num_heads=2, mlp_dim=64)
-    >>> y = block(keras.ops.ones((2, 5, 32)))
+    >>> y = block(keras.ops.ones((2, 5, 32)))  # (2, 5, 32)
     """
 
-    def __init__(self, num_heads, mlp_dim, dropout=0.0, **kwargs):
+    def __init__(self, num_heads, mlp_dim, dropout_rate=0.0, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.mlp_dim = mlp_dim
-        self.dropout = dropout
+        self.dropout_rate = dropout_rate
         policy = self.dtype_policy
         self.norm_0 = layer_norm("norm_0", policy)
         self.attention = MultiHeadDotProductAttention(
-            num_heads, dropout=0.0, name="attention", dtype=policy)
+            num_heads, dropout_rate=0.0, name="attention", dtype=policy)
         self.norm_1 = layer_norm("norm_1", policy)
-        self.mlp = MlpBlock(mlp_dim, dropout=dropout, name="mlp", dtype=policy)
-        self.drop = keras.layers.Dropout(dropout, dtype=policy)
+        self.mlp = MlpBlock(mlp_dim, dropout_rate=dropout_rate, name="mlp", dtype=policy)
+        self.dropout = keras.layers.Dropout(dropout_rate, dtype=policy)
 
     def build(self, input_shape):
         for layer in (self.norm_0, self.attention, self.norm_1, self.mlp):
@@ -282,46 +314,55 @@ class EncoderBlock(keras.layers.Layer):
 
     def call(self, x, training=None):
         y = self.attention(self.norm_0(x), training=training)
-        x = x + self.drop(y, training=training)
+        x = x + self.dropout(y, training=training)
         y = self.mlp(self.norm_1(x), training=training)
-        return x + self.drop(y, training=training)
+        return x + self.dropout(y, training=training)
 
     def get_config(self):
         return {
             **super().get_config(),
             "num_heads": self.num_heads,
             "mlp_dim": self.mlp_dim,
-            "dropout": self.dropout,
+            "dropout_rate": self.dropout_rate,
         }
 
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
+@renamed_arguments(depth="num_layers", dropout="dropout_rate")
 class TransformerEncoder(keras.layers.Layer):
-    """`depth` pre-LN encoder blocks followed by a final LayerNorm.
+    """`num_layers` pre-LN encoder blocks followed by a final LayerNorm.
 
     This is big_vision's `vit.Encoder`; UViM uses it for the oracle, the base
-    model and the guiding-code LM's image encoder.
+    model and the guiding-code LM's image encoder. The blocks are
+    `EncoderBlock`s named `block_0`, `block_1`, ...; the final LayerNorm is
+    `final_norm`. Inputs are (batch, tokens, width) and the output has
+    their shape.
 
     Args:
-      depth: number of `EncoderBlock`s.
-      num_heads: attention heads per block.
-      mlp_dim: hidden width of the MLPs.
-      dropout: dropout rate.
+      num_layers: int. Number of `EncoderBlock`s. Formerly `depth` (still
+        accepted).
+      num_heads: int. Attention heads per block; the width must divide by it.
+      mlp_dim: int. Hidden width of the MLPs.
+      dropout_rate: float. Dropout rate of every block (MLP hidden
+        activations and residual branches), in [0, 1). Defaults to `0.0`.
+        Formerly `dropout` (still accepted).
+      **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Example:
-    >>> enc = TransformerEncoder(depth=2, num_heads=2, mlp_dim=64)
-    >>> y = enc(keras.ops.ones((2, 16, 32)))
+    >>> enc = TransformerEncoder(num_layers=2, num_heads=2, mlp_dim=64)
+    >>> y = enc(keras.ops.ones((2, 16, 32)))  # (2, 16, 32)
     """
 
-    def __init__(self, depth, num_heads, mlp_dim, dropout=0.0, **kwargs):
+    def __init__(self, num_layers, num_heads, mlp_dim, dropout_rate=0.0, **kwargs):
         super().__init__(**kwargs)
-        self.depth = depth
+        self.num_layers = num_layers
         self.num_heads = num_heads
         self.mlp_dim = mlp_dim
-        self.dropout = dropout
+        self.dropout_rate = dropout_rate
         self.blocks = [
-            EncoderBlock(num_heads, mlp_dim, dropout, name=f"block_{i}", dtype=self.dtype_policy)
-            for i in range(depth)
+            EncoderBlock(num_heads, mlp_dim, dropout_rate, name=f"block_{i}",
+                         dtype=self.dtype_policy)
+            for i in range(num_layers)
         ]
         self.final_norm = layer_norm("final_norm", self.dtype_policy)
 
@@ -338,33 +379,39 @@ class TransformerEncoder(keras.layers.Layer):
     def get_config(self):
         return {
             **super().get_config(),
-            "depth": self.depth,
+            "num_layers": self.num_layers,
             "num_heads": self.num_heads,
             "mlp_dim": self.mlp_dim,
-            "dropout": self.dropout,
+            "dropout_rate": self.dropout_rate,
         }
 
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
+@renamed_arguments(dropout="dropout_rate")
 class DecoderBlock(keras.layers.Layer):
     """Pre-LN decoder block of the guiding-code LM.
 
     x + SelfAttn(LN1(x), causal) ; x + CrossAttn(LN2(x), encoded) ;
     x + MLP(LN3(x)). Attention projections have no biases (as big_vision's
-    `vtt.EncoderDecoderBlock`); the MLP has.
+    `vtt.EncoderDecoderBlock`); the MLP has. `call(x, encoded)`: x
+    (B, L, width) the decoder's stream, encoded (B, S, width) the image
+    tokens -> (B, L, width).
 
     `decode_step` runs one position with a key/value cache; it calls the same
     Keras layers as `call`, so quantized or LoRA-adapted projections decode
     as they train.
 
     Args:
-      num_heads: attention heads.
-      mlp_dim: hidden width of the MLP.
-      dropout: dropout rate (attention weights, MLP, residual branches).
-      causal: True (default): position i attends to positions <= i only, as
-        an autoregressive decoder needs. False: every position attends to
-        every other (the non-autoregressive LM, `GuidingCodeLM(...,
+      num_heads: int. Attention heads; the width must divide by it.
+      mlp_dim: int. Hidden width of the MLP.
+      dropout_rate: float. Dropout rate of the attention weights, the MLP's
+        hidden activations and the attention residual branches, in [0, 1).
+        Defaults to `0.0`. Formerly `dropout` (still accepted).
+      causal: bool. True (default): position i attends to positions <= i
+        only, as an autoregressive decoder needs. False: every position
+        attends to every other (the non-autoregressive LM, `GuidingCodeLM(...,
         autoregressive=False)`); such a block has no `decode_step`.
+      **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Example:
     >>> block = DecoderBlock(num_heads=2, mlp_dim=64)
@@ -372,26 +419,28 @@ class DecoderBlock(keras.layers.Layer):
     >>> parallel = DecoderBlock(num_heads=2, mlp_dim=64, causal=False)
     """
 
-    def __init__(self, num_heads, mlp_dim, dropout=0.0, causal=True, **kwargs):
+    def __init__(self, num_heads, mlp_dim, dropout_rate=0.0, causal=True, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(causal, (bool, np.bool_)):
             raise ValueError(f"causal={causal!r}: expected True or False.")
         self.num_heads = num_heads
         self.mlp_dim = mlp_dim
-        self.dropout = dropout
+        self.dropout_rate = dropout_rate
         self.causal = bool(causal)
         policy = self.dtype_policy
         self.norm_1 = layer_norm("norm_1", policy)
         self.self_attention = MultiHeadDotProductAttention(
-            num_heads, use_bias=False, dropout=dropout, name="self_attention", dtype=policy
+            num_heads, use_bias=False, dropout_rate=dropout_rate, name="self_attention",
+            dtype=policy,
         )
         self.norm_2 = layer_norm("norm_2", policy)
         self.cross_attention = MultiHeadDotProductAttention(
-            num_heads, use_bias=False, dropout=dropout, name="cross_attention", dtype=policy
+            num_heads, use_bias=False, dropout_rate=dropout_rate, name="cross_attention",
+            dtype=policy,
         )
         self.norm_3 = layer_norm("norm_3", policy)
-        self.mlp = MlpBlock(mlp_dim, dropout=dropout, name="mlp", dtype=policy)
-        self.drop = keras.layers.Dropout(dropout, dtype=policy)
+        self.mlp = MlpBlock(mlp_dim, dropout_rate=dropout_rate, name="mlp", dtype=policy)
+        self.dropout = keras.layers.Dropout(dropout_rate, dtype=policy)
 
     def build(self, x_shape, encoded_shape=None):
         # Named after `call`'s arguments, so Keras builds the block on its first call.
@@ -408,9 +457,9 @@ class DecoderBlock(keras.layers.Layer):
             pos = ops.arange(ops.shape(x)[1])
             mask = ops.expand_dims(pos[:, None] >= pos[None, :], 0)[:, None]
         y = self.self_attention(self.norm_1(x), attention_mask=mask, training=training)
-        x = x + self.drop(y, training=training)
+        x = x + self.dropout(y, training=training)
         y = self.cross_attention(self.norm_2(x), encoded, training=training)
-        x = x + self.drop(y, training=training)
+        x = x + self.dropout(y, training=training)
         return x + self.mlp(self.norm_3(x), training=training)
 
     # -- autoregressive decoding ------------------------------------------------
@@ -469,7 +518,7 @@ class DecoderBlock(keras.layers.Layer):
             **super().get_config(),
             "num_heads": self.num_heads,
             "mlp_dim": self.mlp_dim,
-            "dropout": self.dropout,
+            "dropout_rate": self.dropout_rate,
             "causal": self.causal,
         }
 

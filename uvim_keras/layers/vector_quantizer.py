@@ -48,6 +48,22 @@ class VectorQuantizer(keras.layers.Layer):
     the commitment loss mean((x - sg(x_q))^2) is added with `add_loss` in
     training.
 
+    Args:
+      dict_size: int. Codewords in the dictionary.
+      codeword_dim: int. Dimension D of the codewords (the input's last
+        axis).
+      momentum: float. EMA momentum m of the dictionary and counts.
+        Defaults to `0.995`.
+      min_count: float. Words whose EMA count falls below it are replaced
+        by splitting the most used word. Defaults to `0.1`.
+      perturb: float. Relative noise of a split copy, U(1 - perturb,
+        1 + perturb). Defaults to `0.001`.
+      commitment_weight: float. Weight of the commitment loss; 0 adds none.
+        Defaults to `0.0`.
+      seed: int or None. Seed of the splitting noise's `SeedGenerator`.
+        Defaults to `None`.
+      **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
     Example:
     >>> vq = VectorQuantizer(dict_size=16, codeword_dim=8, seed=0)
     >>> out = vq(keras.random.normal((2, 4, 8)))

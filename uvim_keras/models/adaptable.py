@@ -31,6 +31,10 @@ import warnings
 import keras
 import numpy as np
 
+from uvim_keras.models.sharding import MODEL_AXIS, uvim_layout_map
+
+from uvim_keras.training.nonfinite import StopOnNonFinite, guarded_train_step
+
 # Keras warns once per layer it cannot quantize (norms, convolutions, position
 # embeddings, the codebook, ...); they stay in float by design.
 _NOT_QUANTIZABLE = r"Layer \w+ does not have a `quantize` method implemented"
@@ -106,6 +110,20 @@ class AdaptableModel(keras.Model):
     >>> lm.enable_lora(4)                 # query/value LoRA; only it trains
     """
 
+    @classmethod
+    def get_layout_map(cls, device_mesh, model_axis=MODEL_AXIS):
+        """The `keras.distribution.LayoutMap` that shards this model's large
+        kernels (attention heads, MLP hidden units, the VQ dictionary) on
+        `model_axis` of `device_mesh` (keras-hub's `Backbone.get_layout_map`;
+        the rules are `models.sharding`'s, shared by every UViM model).
+
+        Example:
+        >>> mesh = keras.distribution.DeviceMesh((2, 4), ("batch", "model"))
+        >>> keras.distribution.set_distribution(keras.distribution.ModelParallel(
+        ...     layout_map=UViM.get_layout_map(mesh), batch_dim_name="batch"))
+        """
+        return uvim_layout_map(device_mesh, model_axis)
+
     def quantize(self, mode=None, config=None, filters=None, **kwargs):
         unbuilt = [layer.name for layer in self._flatten_layers() if not layer.built]
         if unbuilt:
@@ -163,8 +181,6 @@ class AdaptableModel(keras.Model):
         loss NaN, which stops training as above. The other arguments are
         `keras.Model.fit`'s.
         """
-        from uvim_keras.training.nonfinite import StopOnNonFinite
-
         stop_on_nan = bool(stop_on_nan)
         if stop_on_nan and callbacks is not None and not isinstance(callbacks, (list, tuple)):
             raise ValueError(
@@ -195,8 +211,6 @@ class AdaptableModel(keras.Model):
     def train_step(self, *args):
         if not getattr(self, "_stop_on_nan", True):
             return super().train_step(*args)
-        from uvim_keras.training.nonfinite import guarded_train_step
-
         return guarded_train_step(self, super().train_step, *args)
 
     def get_config(self):

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from uvim_keras.tasks.base import _concrete
+from uvim_keras.tasks.base import concrete_values
 
 
 def pair(value, name):
@@ -53,7 +53,7 @@ def check_codes(codes, code_len, dict_size, name="codes"):
     shape = tuple(codes.shape)
     if len(shape) != 2 or shape[1] != code_len:
         raise ValueError(f"{name} has shape {shape}; expected (batch, {code_len}).")
-    values = _concrete(codes)
+    values = concrete_values(codes)
     if values is not None and values.size:
         if not np.issubdtype(values.dtype, np.integer):
             raise ValueError(f"{name} has dtype {values.dtype}; expected integer codes.")

@@ -4,8 +4,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from uvim_keras.backend import CompiledFunctions, compile_stateless
+from uvim_keras.runtime.backend import CompiledFunctions, compile_stateless
 from uvim_keras.layers import DecoderBlock, PatchEmbedding, PositionEmbedding, TransformerEncoder
+from uvim_keras.layers.renamed import renamed_arguments
 from uvim_keras.layers.transformer import layer_norm
 from uvim_keras.models.adaptable import AdaptableModel
 from uvim_keras.models.checks import (
@@ -16,6 +17,7 @@ BOS = 0
 
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
+@renamed_arguments(dropout="dropout_rate")
 class GuidingCodeLM(AdaptableModel):
     """Encoder-decoder transformer that models the guiding code given the image.
 
@@ -49,7 +51,31 @@ class GuidingCodeLM(AdaptableModel):
     the same noise, seeds, `mask_bos` and `num_samples` as the
     autoregressive LM. `call` still takes `{"image", "codes"}` (the codes
     feed the loss) but its logits do not depend on the codes. big_vision's
-    checkpoints (`uvim_keras.convert`) are autoregressive LMs only.
+    checkpoints (`uvim_keras.checkpoints.big_vision`) are autoregressive LMs only.
+
+    Args:
+      input_size: int or (int, int). Image size (H, W). Defaults to `512`.
+      patch_size: int or (int, int). The encoder's patch (ph, pw); H and W
+        must divide by it. Defaults to `16`.
+      code_len: int. Tokens in a guiding code. Defaults to `256`.
+      dict_size: int. Codewords in the stage-I dictionary (`vocab_size` is
+        one more: token 0 is BOS). Defaults to `4096`.
+      width: int. Width of the encoder and the decoder. Defaults to `1024`.
+      num_layers: int. Blocks of the encoder, and as many of the decoder.
+        Defaults to `24`.
+      num_heads: int. Attention heads; the width must divide by it. Defaults
+        to `16`.
+      mlp_dim: int. Hidden width of the MLPs. Defaults to `4096`.
+      posemb: str. `"learn"` or `"sincos2d"` position embeddings (of the
+        image encoder and, autoregressive, of the decoder). Defaults to
+        `"learn"`.
+      dropout_rate: float. Dropout rate of the encoder and decoder blocks and
+        of the decoder's input. Defaults to `0.0`. Formerly `dropout` (still
+        accepted).
+      autoregressive: bool. True (default): the autoregressive LM above.
+        False: the non-autoregressive LM (all tokens predicted at once, see
+        above).
+      **kwargs: `keras.Model` arguments (`name`, `dtype`, ...).
 
     Example:
     >>> lm = GuidingCodeLM(input_size=32, patch_size=8, code_len=16, dict_size=16,
@@ -63,19 +89,6 @@ class GuidingCodeLM(AdaptableModel):
     ...                          dict_size=16, width=32, num_layers=2, num_heads=2,
     ...                          mlp_dim=64, autoregressive=False)
     >>> codes = parallel.generate(images)              # (B, 16), one pass
-
-    Args:
-      input_size: image size, an int or (height, width).
-      patch_size: the encoder's patch size, an int or (height, width).
-      code_len: tokens in a guiding code.
-      dict_size: codewords in the stage-I dictionary (`vocab_size` is one
-        more: token 0 is BOS).
-      width, num_layers, num_heads, mlp_dim: the encoder's and the decoder's
-        size (num_layers blocks each).
-      posemb: "learn" or "sincos2d" position embeddings.
-      dropout: dropout rate.
-      autoregressive: True (default): the autoregressive LM above. False:
-        the non-autoregressive LM (all tokens predicted at once, see above).
     """
 
     def __init__(
@@ -89,7 +102,7 @@ class GuidingCodeLM(AdaptableModel):
         num_heads=16,
         mlp_dim=4096,
         posemb="learn",
-        dropout=0.0,
+        dropout_rate=0.0,
         autoregressive=True,
         **kwargs,
     ):
@@ -107,7 +120,7 @@ class GuidingCodeLM(AdaptableModel):
         self.num_heads = int(num_heads)
         self.mlp_dim = int(mlp_dim)
         self.posemb = posemb
-        self.dropout = float(dropout)
+        self.dropout_rate = float(dropout_rate)
         self.autoregressive = bool(autoregressive)
 
         policy = self.dtype_policy
@@ -116,7 +129,7 @@ class GuidingCodeLM(AdaptableModel):
         self.encoder_posemb = PositionEmbedding(
             posemb, self.grid_size, name="encoder_posemb", dtype=policy)
         self.encoder = TransformerEncoder(
-            self.num_layers, self.num_heads, self.mlp_dim, self.dropout, name="encoder",
+            self.num_layers, self.num_heads, self.mlp_dim, self.dropout_rate, name="encoder",
             dtype=policy,
         )
         if self.autoregressive:
@@ -132,9 +145,10 @@ class GuidingCodeLM(AdaptableModel):
             self.token_embedding = self.decoder_posemb = None
             self.decoder_queries = PositionEmbedding(
                 "learn", (1, self.code_len), name="decoder_queries", dtype=policy)
-        self.decoder_dropout = keras.layers.Dropout(self.dropout, dtype=policy)
+        self.decoder_dropout = keras.layers.Dropout(self.dropout_rate, dtype=policy)
         self.decoder_blocks = [
-            DecoderBlock(self.num_heads, self.mlp_dim, self.dropout, causal=self.autoregressive,
+            DecoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
+                         causal=self.autoregressive,
                          name=f"decoder_block_{i}", dtype=policy)
             for i in range(self.num_layers)
         ]
@@ -348,7 +362,7 @@ class GuidingCodeLM(AdaptableModel):
             "num_heads": self.num_heads,
             "mlp_dim": self.mlp_dim,
             "posemb": self.posemb,
-            "dropout": self.dropout,
+            "dropout_rate": self.dropout_rate,
             "autoregressive": self.autoregressive,
         }
 

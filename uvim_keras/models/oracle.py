@@ -14,11 +14,15 @@ from uvim_keras.layers import (
     patchify,
     unpatchify,
 )
+from uvim_keras.layers.renamed import renamed_arguments
 from uvim_keras.models.adaptable import AdaptableModel
 from uvim_keras.models.checks import check_image, grid_size, pair
 
 
 LAYOUTS = ("image", "patches")
+
+#: Renamed constructor arguments of `Oracle` and `BaseModel` ({old: new}).
+STAGE_I_VIT_RENAMES = {"depth": "num_layers", "dropout": "dropout_rate"}
 
 
 def _check_layout(layout):
@@ -38,13 +42,13 @@ class _StageIViT(AdaptableModel):
         code_len=256,
         codeword_dim=768,
         width=768,
-        depth=6,
+        num_layers=6,
         num_heads=12,
         mlp_dim=3072,
         posemb="learn",
         bottleneck_resize=True,
         with_image_ctx=True,
-        dropout=0.0,
+        dropout_rate=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -55,13 +59,13 @@ class _StageIViT(AdaptableModel):
         self.code_len = int(code_len)
         self.codeword_dim = int(codeword_dim)
         self.width = int(width)
-        self.depth = int(depth)
+        self.num_layers = int(num_layers)
         self.num_heads = int(num_heads)
         self.mlp_dim = int(mlp_dim)
         self.posemb = posemb
         self.bottleneck_resize = bool(bottleneck_resize)
         self.with_image_ctx = bool(with_image_ctx)
-        self.dropout = float(dropout)
+        self.dropout_rate = float(dropout_rate)
         self.num_tokens = self.grid_size[0] * self.grid_size[1]
         if self.bottleneck_resize:
             side = int(round(self.code_len**0.5))
@@ -79,7 +83,7 @@ class _StageIViT(AdaptableModel):
         self.position_embedding = PositionEmbedding(
             posemb, self.grid_size, name="posemb", dtype=self.dtype_policy)
         self.encoder = TransformerEncoder(
-            self.depth, self.num_heads, self.mlp_dim, self.dropout, name="transformer",
+            self.num_layers, self.num_heads, self.mlp_dim, self.dropout_rate, name="transformer",
             dtype=self.dtype_policy,
         )
 
@@ -110,17 +114,18 @@ class _StageIViT(AdaptableModel):
             "code_len": self.code_len,
             "codeword_dim": self.codeword_dim,
             "width": self.width,
-            "depth": self.depth,
+            "num_layers": self.num_layers,
             "num_heads": self.num_heads,
             "mlp_dim": self.mlp_dim,
             "posemb": self.posemb,
             "bottleneck_resize": self.bottleneck_resize,
             "with_image_ctx": self.with_image_ctx,
-            "dropout": self.dropout,
+            "dropout_rate": self.dropout_rate,
         }
 
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
+@renamed_arguments(**STAGE_I_VIT_RENAMES)
 class Oracle(_StageIViT):
     """Restricted oracle Ω: sees the (encoded) label and emits code vectors.
 
@@ -131,9 +136,41 @@ class Oracle(_StageIViT):
     `codeword_dim`. The output (B, code_len, codeword_dim) is continuous: the
     `VectorQuantizer` standardises and quantises it.
 
+    `call(labels, image=None, layout="image")`: labels {key: (B, H, W, c)}
+    encoded labels (e.g. one-hot; `layout="patches"`: already cut into
+    patches, (B, G, c, P)), image (B, H, W, 3) in [-1, 1] when
+    `with_image_ctx` -> (B, code_len, codeword_dim).
+
+    Args:
+      label_channels: dict. {label key: channels} of the encoded labels, in
+        order (one stem per key; a task's `label_channels`).
+      input_size: int or (int, int). Image and label size (H, W). Defaults
+        to `(256, 256)`.
+      patch_size: int or (int, int). The ViT's patch (ph, pw); H and W must
+        divide by it. Defaults to `(8, 8)`.
+      code_len: int. Words in the guiding code (a square number with
+        `bottleneck_resize`). Defaults to `256`.
+      codeword_dim: int. Dimension of a code vector. Defaults to `768`.
+      width: int. The ViT's width. Defaults to `768`.
+      num_layers: int. Encoder blocks of the ViT. Defaults to `6`. Formerly
+        `depth` (still accepted).
+      num_heads: int. Attention heads; the width must divide by it. Defaults
+        to `12`.
+      mlp_dim: int. Hidden width of the MLPs. Defaults to `3072`.
+      posemb: str. `"learn"` or `"sincos2d"` position embedding. Defaults to
+        `"learn"`.
+      bottleneck_resize: bool. True: the token grid and the code grid are
+        linked by a fixed linear resize (`TokenResize`); False: by a learned
+        matrix (`TokenMixing`). Defaults to `True`.
+      with_image_ctx: bool. Whether the image's patch embedding is added to
+        the tokens (then `call` needs the image). Defaults to `True`.
+      dropout_rate: float. Dropout rate of the encoder blocks. Defaults to
+        `0.0`. Formerly `dropout` (still accepted).
+      **kwargs: `keras.Model` arguments (`name`, `dtype`, ...).
+
     Example:
     >>> oracle = Oracle({"depth": 16}, input_size=32, patch_size=8, code_len=16,
-    ...                 codeword_dim=16, width=32, depth=1, num_heads=2, mlp_dim=64)
+    ...                 codeword_dim=16, width=32, num_layers=1, num_heads=2, mlp_dim=64)
     >>> z = oracle({"depth": keras.ops.ones((2, 32, 32, 16))},
     ...            image=keras.ops.zeros((2, 32, 32, 3)))  # (2, 16, 16)
     """
@@ -182,6 +219,7 @@ class Oracle(_StageIViT):
 
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
+@renamed_arguments(**STAGE_I_VIT_RENAMES)
 class BaseModel(_StageIViT):
     """Base model f(x, z): reconstructs the label from a guiding code.
 
@@ -191,11 +229,43 @@ class BaseModel(_StageIViT):
     the code to the width, a linear resize (or learned matrix) brings it to
     the token grid, the image's patch embedding is added, a ViT encoder runs
     and one head per output key gives per-patch logits. Output:
-    {key: logits (B, H, W, channels)}.
+    {key: logits (B, H, W, channels)}, or (B, G, channels, P) per patch
+    with `layout="patches"`. As in big_vision, its encoder always runs
+    deterministically (no dropout, even in training).
+
+    Args:
+      label_channels: dict. {output key: channels} of the logits, in order
+        (one `PatchHead` per key; a task's `label_channels`).
+      input_size: int or (int, int). Image and label size (H, W). Defaults
+        to `(256, 256)`.
+      patch_size: int or (int, int). The ViT's patch (ph, pw); H and W must
+        divide by it. Defaults to `(8, 8)`.
+      code_len: int. Words in the guiding code (a square number with
+        `bottleneck_resize`). Defaults to `256`.
+      codeword_dim: int. Dimension of a code vector. Defaults to `768`.
+      width: int. The ViT's width. Defaults to `768`.
+      num_layers: int. Encoder blocks of the ViT. Defaults to `6`. Formerly
+        `depth` (still accepted).
+      num_heads: int. Attention heads; the width must divide by it. Defaults
+        to `12`.
+      mlp_dim: int. Hidden width of the MLPs. Defaults to `3072`.
+      posemb: str. `"learn"` or `"sincos2d"` position embedding. Defaults to
+        `"learn"`.
+      bottleneck_resize: bool. True: the token grid and the code grid are
+        linked by a fixed linear resize (`TokenResize`); False: by a learned
+        matrix (`TokenMixing`). Defaults to `True`.
+      with_image_ctx: bool. Whether the image's patch embedding is added to
+        the tokens (then `call` needs the image). Defaults to `True`.
+      dropout_rate: float. Dropout rate of the encoder blocks; kept for the
+        config, but unused: this encoder always runs deterministically.
+        Defaults to `0.0`. Formerly `dropout` (still accepted).
+      head_zero_init: bool. Zero-initialise the heads' kernels
+        (big_vision's `head_zeroinit`). Defaults to `True`.
+      **kwargs: `keras.Model` arguments (`name`, `dtype`, ...).
 
     Example:
     >>> f = BaseModel({"depth": 16}, input_size=32, patch_size=8, code_len=16,
-    ...               codeword_dim=16, width=32, depth=2, num_heads=2, mlp_dim=64)
+    ...               codeword_dim=16, width=32, num_layers=2, num_heads=2, mlp_dim=64)
     >>> logits = f(keras.ops.zeros((2, 16, 16)), image=keras.ops.zeros((2, 32, 32, 3)))
     """
 

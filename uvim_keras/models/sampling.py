@@ -9,7 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from uvim_keras.backend import uniform_per_seed
+from uvim_keras.runtime.backend import uniform_per_seed
 
 NEG_INF = -1e30
 

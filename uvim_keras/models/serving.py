@@ -27,7 +27,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from uvim_keras.backend import onnx_compatible_ops
+from uvim_keras.runtime.backend import onnx_compatible_ops
 from uvim_keras.models.checks import check_image, check_same_batch
 
 #: What `CodeDecoder` returns: the task's outputs or the base model's logits.
@@ -66,7 +66,22 @@ class CodeDecoder(keras.Model):
 
     The base model's weights are shared with the stage-I model; the
     quantizer's codewords are taken once, as a constant. Call it as
-    `decoder(codes, images)`.
+    `decoder(codes, images)`. `UViMStage1.export_base_model` builds and
+    exports one.
+
+    Args:
+      base_model: the stage-I `BaseModel` (weights shared, not copied).
+      codewords: (dict_size, codeword_dim) float array, the quantizer's
+        `codewords()`; stored as a float32 constant.
+      task: the `UViMTask` whose `predict_outputs` turn logits into outputs.
+      outputs: str. `"predictions"` (the task's outputs) or `"logits"`.
+        Defaults to `"predictions"`.
+      **kwargs: `keras.Model` arguments (`name`, `dtype`, ...).
+
+    Example:
+    >>> decoder = CodeDecoder(stage1.base_model, stage1.quantizer.codewords(), stage1.task)
+    >>> panoptic = decoder(codes, images)  # codes (B, code_len) int32
+    >>> decoder.export("decoder.onnx", format="onnx")
     """
 
     def __init__(self, base_model, codewords, task, outputs="predictions", **kwargs):

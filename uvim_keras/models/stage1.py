@@ -4,9 +4,13 @@ import keras
 from keras import ops
 
 from uvim_keras.layers import CodeDropout, VectorQuantizer, patchify
+from uvim_keras.layers.renamed import renamed_arguments
 from uvim_keras.models.adaptable import AdaptableModel
 from uvim_keras.models.checks import check_codes, check_image, check_same_batch, pair
 from uvim_keras.models.oracle import BaseModel, Oracle
+from uvim_keras.models.serving import CodeDecoder, check_export_backend
+from uvim_keras.presets.api import load_stage1, save_stage1
+from uvim_keras.presets.registry import named_presets
 from uvim_keras.tasks import UViMTask, get_task
 
 
@@ -44,6 +48,8 @@ def batch_parts(inputs, needs_labels=True):
 
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
+@renamed_arguments(oracle_depth="oracle_num_layers", base_depth="base_num_layers",
+                   dropout="dropout_rate")
 class UViMStage1(AdaptableModel):
     """Stage I of UViM: learns the guiding code with a restricted oracle.
 
@@ -63,14 +69,59 @@ class UViMStage1(AdaptableModel):
     `zero_code=True` is the paper's "no oracle" ablation: the base model only
     ever sees an all-zero code, i.e. it is a plain image-to-label ViT.
 
-    Defaults are the released UViM stage-I configs (ViT-B width, oracle depth
-    6, base depth 12, 256-word code from a 4096-word dictionary).
+    Defaults are the released UViM stage-I configs (ViT-B width, 6 oracle
+    blocks, 12 base-model blocks, 256-word code from a 4096-word dictionary).
+
+    Args:
+      task: a `UViMTask` (e.g. `PanopticTask(...)`), a task name
+        ("panoptic", "depth", "colorization") or a serialized task config.
+        It encodes the labels, gives the loss and the outputs.
+      input_size: int or (int, int). Image and label size (H, W). Defaults
+        to `512`.
+      patch_size: int or (int, int). Patch (ph, pw) of both ViTs; H and W
+        must divide by it. Defaults to `16`.
+      code_len: int. Words in the guiding code (a square number with
+        `bottleneck_resize`). Defaults to `256`.
+      dict_size: int. Words in the quantizer's dictionary. Defaults to
+        `4096`.
+      codeword_dim: int. Dimension of a codeword. Defaults to `768`.
+      width: int. Width of both ViTs. Defaults to `768`.
+      oracle_num_layers: int. Encoder blocks of the oracle. Defaults to `6`.
+        Formerly `oracle_depth` (still accepted).
+      base_num_layers: int. Encoder blocks of the base model. Defaults to
+        `12`. Formerly `base_depth` (still accepted).
+      num_heads: int. Attention heads of both ViTs. Defaults to `12`.
+      mlp_dim: int. Hidden width of the MLPs. Defaults to `3072`.
+      posemb: str. `"learn"` or `"sincos2d"` position embeddings. Defaults
+        to `"learn"`.
+      bottleneck_resize: bool. Token grid <-> code grid by a fixed linear
+        resize (True) or learned matrices (False). Defaults to `True`.
+      oracle_image_ctx: bool. Whether the oracle also sees the image.
+        Defaults to `True`.
+      base_image_ctx: bool. Whether the base model sees the image. Defaults
+        to `True`.
+      code_dropout: str. `CodeDropout` mode in training: `"none"`,
+        `"linear"` or `"random"`. Defaults to `"random"`.
+      dict_momentum: float. EMA momentum of the dictionary. Defaults to
+        `0.995`.
+      min_count: float. EMA count below which a word is replaced (LBG
+        splitting). Defaults to `0.1`.
+      commitment_weight: float. Weight of the commitment loss. Defaults to
+        `0.0`.
+      dropout_rate: float. Dropout rate of the oracle's encoder blocks (the
+        base model's encoder runs without dropout, as in big_vision).
+        Defaults to `0.0`. Formerly `dropout` (still accepted).
+      zero_code: bool. The "no oracle" ablation (see above). Defaults to
+        `False`.
+      seed: int or None. Seed of the quantizer's splitting noise (and,
+        plus one, of code dropout). Defaults to `None`.
+      **kwargs: `keras.Model` arguments (`name`, `dtype`, ...).
 
     Example:
     >>> model = UViMStage1(PanopticTask(num_classes=7, max_instances=5),
     ...                    input_size=32, patch_size=8, code_len=16, dict_size=16,
-    ...                    codeword_dim=16, width=32, oracle_depth=1, base_depth=1,
-    ...                    num_heads=2, mlp_dim=64)
+    ...                    codeword_dim=16, width=32, oracle_num_layers=1,
+    ...                    base_num_layers=1, num_heads=2, mlp_dim=64)
     >>> model.compile(optimizer="adam")
     >>> # model.fit(dataset_of_dicts)
     >>> codes = model.encode({"image": images, "labels": labels})  # (B, 16) int32
@@ -85,8 +136,8 @@ class UViMStage1(AdaptableModel):
         dict_size=4096,
         codeword_dim=768,
         width=768,
-        oracle_depth=6,
-        base_depth=12,
+        oracle_num_layers=6,
+        base_num_layers=12,
         num_heads=12,
         mlp_dim=3072,
         posemb="learn",
@@ -97,7 +148,7 @@ class UViMStage1(AdaptableModel):
         dict_momentum=0.995,
         min_count=0.1,
         commitment_weight=0.0,
-        dropout=0.0,
+        dropout_rate=0.0,
         zero_code=False,
         seed=None,
         **kwargs,
@@ -111,8 +162,8 @@ class UViMStage1(AdaptableModel):
         self.dict_size = int(dict_size)
         self.codeword_dim = int(codeword_dim)
         self.width = int(width)
-        self.oracle_depth = int(oracle_depth)
-        self.base_depth = int(base_depth)
+        self.oracle_num_layers = int(oracle_num_layers)
+        self.base_num_layers = int(base_num_layers)
         self.num_heads = int(num_heads)
         self.mlp_dim = int(mlp_dim)
         self.posemb = posemb
@@ -123,18 +174,18 @@ class UViMStage1(AdaptableModel):
         self.dict_momentum = float(dict_momentum)
         self.min_count = float(min_count)
         self.commitment_weight = float(commitment_weight)
-        self.dropout = float(dropout)
+        self.dropout_rate = float(dropout_rate)
         self.seed = seed
         common = dict(
             input_size=self.input_size, patch_size=self.patch_size, code_len=self.code_len,
             codeword_dim=self.codeword_dim, width=self.width, num_heads=self.num_heads,
             mlp_dim=self.mlp_dim, posemb=posemb, bottleneck_resize=self.bottleneck_resize,
-            dropout=self.dropout,
+            dropout_rate=self.dropout_rate,
         )
         channels = self.task.label_channels
         policy = self.dtype_policy
         self.oracle = Oracle(
-            channels, depth=self.oracle_depth, with_image_ctx=self.oracle_image_ctx,
+            channels, num_layers=self.oracle_num_layers, with_image_ctx=self.oracle_image_ctx,
             name="oracle", dtype=policy, **common,
         )
         self.quantizer = VectorQuantizer(
@@ -148,7 +199,7 @@ class UViMStage1(AdaptableModel):
             dtype=policy,
         )
         self.base_model = BaseModel(
-            channels, depth=self.base_depth, with_image_ctx=self.base_image_ctx,
+            channels, num_layers=self.base_num_layers, with_image_ctx=self.base_image_ctx,
             name="base_model", dtype=policy, **common,
         )
         self.reconstruction_loss_tracker = keras.metrics.Mean(name="reconstruction_loss")
@@ -248,8 +299,6 @@ class UViMStage1(AdaptableModel):
         (`uvim_keras.models.serving.CodeDecoder`, called as
         `decoder(codes, images)`).
         """
-        from uvim_keras.models.serving import CodeDecoder, check_export_backend
-
         check_export_backend(format)
         decoder = CodeDecoder(self.base_model, self.quantizer.codewords(), self.task,
                               outputs=outputs, dtype=self.dtype_policy, name="code_decoder")
@@ -264,8 +313,6 @@ class UViMStage1(AdaptableModel):
 
         Every named preset qualifies: a complete UViM preset holds its
         stage-I model as the keras-hub backbone."""
-        from uvim_keras.presets.registry import named_presets
-
         return named_presets()
 
     @classmethod
@@ -279,8 +326,6 @@ class UViMStage1(AdaptableModel):
         presets work too (their backbone is the stage-I model). `kwargs`:
         `dtype`, `progress` (download progress bar, default True).
         """
-        from uvim_keras.presets.api import load_stage1
-
         return load_stage1(preset, load_weights=load_weights, **kwargs)
 
     def save_to_preset(self, preset_dir, max_shard_size=10, **card):
@@ -288,8 +333,6 @@ class UViMStage1(AdaptableModel):
         of the stage-I backbone, EMA dictionary included, `metadata.json`)
         and a model card `README.md`. `card` (optional): `description`,
         `metrics` (dict), `dataset`."""
-        from uvim_keras.presets.api import save_stage1
-
         return save_stage1(self, preset_dir, max_shard_size=max_shard_size, **card)
 
     def get_config(self):
@@ -302,8 +345,8 @@ class UViMStage1(AdaptableModel):
             "dict_size": self.dict_size,
             "codeword_dim": self.codeword_dim,
             "width": self.width,
-            "oracle_depth": self.oracle_depth,
-            "base_depth": self.base_depth,
+            "oracle_num_layers": self.oracle_num_layers,
+            "base_num_layers": self.base_num_layers,
             "num_heads": self.num_heads,
             "mlp_dim": self.mlp_dim,
             "posemb": self.posemb,
@@ -314,7 +357,7 @@ class UViMStage1(AdaptableModel):
             "dict_momentum": self.dict_momentum,
             "min_count": self.min_count,
             "commitment_weight": self.commitment_weight,
-            "dropout": self.dropout,
+            "dropout_rate": self.dropout_rate,
             "zero_code": self.zero_code,
             "seed": self.seed,
         }

@@ -6,14 +6,21 @@ import keras
 import numpy as np
 from keras import ops
 
-from uvim_keras.backend import CompiledFunctions, compile_stateless, onnx_compatible_ops
 from uvim_keras.layers import VectorQuantizer
 from uvim_keras.models.adaptable import AdaptableModel
 from uvim_keras.models.checks import check_image, prepare_images
 from uvim_keras.models.lm import GuidingCodeLM
 from uvim_keras.models.oracle import BaseModel
 from uvim_keras.models.sampling import image_seeds, per_image_noise
+from uvim_keras.models.serving import check_export_backend, image_signature
 from uvim_keras.models.stage1 import UViMStage1, classproperty, resolve_task
+from uvim_keras.presets.api import load_uvim, save_uvim
+from uvim_keras.presets.registry import named_presets
+from uvim_keras.runtime.backend import (
+    CompiledFunctions,
+    compile_stateless,
+    onnx_compatible_ops,
+)
 
 
 def _deserialize(obj, cls):
@@ -39,7 +46,25 @@ class UViM(AdaptableModel):
     the whole stage-I model as `uvim.stage1`), from a preset (`from_preset`:
     the released big_vision models by name, preset folders, `hf://...`), or
     from parts `UViM(lm, base_model, quantizer, task)` (such a UViM has no
-    oracle and cannot be saved as a preset).
+    oracle and cannot be saved as a preset). The LM, quantizer and base
+    model must fit together (`code_len`, `dict_size`, `codeword_dim`, the
+    task's label channels): a ValueError names what differs.
+
+    Args:
+      lm: the stage-II `GuidingCodeLM` (or its serialized config).
+      base_model: the stage-I `BaseModel` (or its config). Defaults to
+        `None`: taken from `stage1`.
+      quantizer: the stage-I `VectorQuantizer` whose codewords the codes
+        index (or its config). Defaults to `None`: taken from `stage1`.
+      task: a `UViMTask`, a task name or a task config. Defaults to `None`:
+        `stage1`'s task.
+      temperature: float or None. Sampling temperature of `predict` and
+        `call`; None (the default) takes the task's `default_temperature`
+        (0, greedy, for panoptic and depth; 1 for colorization).
+      stage1: a trained `UViMStage1` (or its config), kept whole as
+        `uvim.stage1`; pass it or `base_model` and `quantizer`, not both.
+        Defaults to `None`.
+      **kwargs: `keras.Model` arguments (`name`, `dtype`, ...).
 
     Example:
     >>> uvim = UViM.from_preset("panoptic_coco")  # big_vision's release, cached
@@ -115,8 +140,6 @@ class UViM(AdaptableModel):
     @classproperty
     def presets(cls):
         """Named presets that load as a complete UViM: {name: description}."""
-        from uvim_keras.presets.registry import named_presets
-
         return named_presets(kind="uvim")
 
     @classmethod
@@ -131,8 +154,6 @@ class UViM(AdaptableModel):
         `UViMStage1.from_preset`. `kwargs`: `dtype`, `progress` (download
         progress bar, default True).
         """
-        from uvim_keras.presets.api import load_uvim
-
         return load_uvim(preset, load_weights=load_weights, **kwargs)
 
     def save_to_preset(self, preset_dir, max_shard_size=10, **card):
@@ -141,8 +162,6 @@ class UViM(AdaptableModel):
         `task.weights.h5`, `metadata.json`, and a model card `README.md`.
         `card` (optional): `description`, `metrics` (dict), `dataset`.
         Needs the stage-I model (build with `UViM.from_stage1`)."""
-        from uvim_keras.presets.api import save_uvim
-
         return save_uvim(self, preset_dir, max_shard_size=max_shard_size, **card)
 
     @property
@@ -300,9 +319,6 @@ class UViM(AdaptableModel):
         model alone exports to ONNX from every backend
         (`uvim.stage1.export_base_model`).
         """
-        from uvim_keras.models.serving import (
-            check_export_backend, image_signature)
-
         temperature = self.default_temperature if temperature is None else float(temperature)
         if not np.isfinite(temperature) or temperature < 0:
             raise ValueError(f"temperature={temperature!r}; expected a finite value >= 0.")

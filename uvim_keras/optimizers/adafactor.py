@@ -16,6 +16,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from uvim_keras.checkpoints.big_vision import variable_map
+
 #: big_vision's stage-II `config.lr_mults` (encoder, its patch embedding and
 #: its position embedding at 0.1 x the learning rate) for uvim_keras'
 #: `GuidingCodeLM` variable paths.
@@ -446,8 +448,6 @@ def big_vision_variable_names(model):
     `encoder/encoderblock_0/MlpBlock_0/Dense_0/kernel`. Pass it as
     `BigVisionAdafactor(variable_names=...)` to use big_vision's `lr_mults`
     and `wd_mults` patterns unchanged."""
-    from uvim_keras.convert import variable_map
-
     out = {}
     for name, var in variable_map(model).items():
         if name.startswith("params/"):

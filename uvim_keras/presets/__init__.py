@@ -12,7 +12,8 @@ Importing this package does not import keras-hub; loading and saving do.
 
 from uvim_keras.presets.api import PresetError, install, load_stage1, load_uvim, resolve
 from uvim_keras.presets.cache import DownloadError, cache_root, cached_preset, remove_preset
-from uvim_keras.presets.layout import WEIGHTS_LAYOUT, upgrade_weights_layout
+from uvim_keras.presets.cache import upgrade_weights_layout
+from uvim_keras.presets.layout import WEIGHTS_LAYOUT
 from uvim_keras.presets.registry import (
     PRESETS,
     PresetSpec,

@@ -41,6 +41,7 @@ import urllib.error
 import urllib.request
 import zipfile
 
+from uvim_keras.presets import layout
 from uvim_keras.presets.layout import (
     PRESET_MARKER,
     UPGRADE_OLD,
@@ -209,6 +210,26 @@ def lock_if_cached(path, what=None):
     yield False
 
 
+def upgrade_weights_layout(preset_dir):
+    """Rewrites a preset folder saved by an older uvim-keras in the current
+    layout; returns the number of arrays moved or transposed (0 when the
+    folder is already current).
+
+    The upgrade is made in a copy of the folder (`<folder>.upgrade-tmp`,
+    fsynced, its record written last) that replaces the original only when
+    complete (two renames); a run killed at any point is completed or rolled
+    back by the next call (`repair_interrupted_upgrade`). A folder recorded
+    with an integrity record is checked before it is rewritten; the
+    upgraded folder gets a fresh record. In the named-preset cache the
+    upgrade holds the folder's lock (another process waits, then finds it
+    done); for your own folders, run it from one process at a time.
+    """
+    preset_dir = os.path.normpath(os.fspath(preset_dir))
+    with lock_if_cached(preset_dir):
+        return layout.upgrade_in_place(preset_dir)
+
+
+
 # -- leftovers ----------------------------------------------------------------------
 def _remove(path):
     try:
@@ -267,11 +288,9 @@ def leftovers(final_dir, inputs=True):
 def repair(final_dir, inputs=True):
     """Under the folder's lock: finishes or rolls back a killed upgrade and
     removes every other leftover (nothing else can be writing them; a
-    conversion inside `api.install` passes inputs=False to keep the
+    conversion inside `install.install` passes inputs=False to keep the
     installer's links); removes a folder without a marker at a cache path
     (never published); returns a list of what it did."""
-    from uvim_keras.presets import layout
-
     done = []
     what = layout.repair_interrupted_upgrade(final_dir)
     if what:
@@ -340,9 +359,7 @@ def record_pin(url, size, sha256):
 
 
 def _file_digest(path):
-    from uvim_keras.presets.layout import file_sha256
-
-    sha, size = file_sha256(path)
+    sha, size = layout.file_sha256(path)
     return size, sha
 
 

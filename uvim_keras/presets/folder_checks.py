@@ -29,7 +29,10 @@ import json
 import os
 import re
 
-from uvim_keras.presets.api import PresetError
+from uvim_keras.presets import cache, registry
+from uvim_keras.presets.bundled import bundled_preset
+from uvim_keras.presets.layout import PresetError
+from uvim_keras.runtime.registration import registered_class
 
 CONFIG_FILE = "config.json"
 TASK_FILE = "task.json"
@@ -52,9 +55,6 @@ def local_preset_folder(preset):
     one already: a bundled preset, a converted named preset in the cache or
     a folder path; None for a named preset not converted yet, hf://,
     kaggle:// handles and unknown names (the loader reports those)."""
-    from uvim_keras.presets import cache, registry
-    from uvim_keras.presets.bundled import bundled_preset
-
     if not isinstance(preset, (str, os.PathLike)):
         return None
     preset = os.fspath(preset)
@@ -102,14 +102,13 @@ def check_preset_folder(folder, kind="uvim"):
                 f"preset folder {folder}: {INFO_FILE} has weights_layout {layout!r}; expected an "
                 "integer.")
     _check_weights(folder, kind)
-    from uvim_keras.presets.api import _import_hub
-
-    hub = _import_hub()  # registers UViM's classes with Keras
+    backbone = registered_class("UViMStage1Backbone", keras_hub=True)
     _check_serialized(folder, CONFIG_FILE, read_json(folder, CONFIG_FILE),
-                      hub.UViMStage1Backbone, "a UViM stage-I backbone (UViMStage1Backbone)")
+                      backbone, "a UViM stage-I backbone (UViMStage1Backbone)")
     if kind == "uvim":
-        names = ", ".join(c.__name__ for c in hub.TASK_CLASSES.values())
-        _check_serialized(folder, TASK_FILE, read_json(folder, TASK_FILE), hub.UViMStage2Task,
+        base = registered_class("UViMStage2Task", keras_hub=True)
+        names = ", ".join(c.__name__ for c in base.__subclasses__())
+        _check_serialized(folder, TASK_FILE, read_json(folder, TASK_FILE), base,
                           f"a UViM task ({names})")
     return folder
 

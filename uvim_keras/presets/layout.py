@@ -29,9 +29,8 @@ writes it; loading checks it (`verify_integrity`): a missing, added or
 changed file is an `IntegrityError` naming it. Sizes are checked on every
 load; a file's sha256 once per process, then again only when its (size,
 mtime, ctime, inode) changes (ctime cannot be set back by hand, so a
-rewritten file is always hashed again). sha256 runs at about 1.5 GB/s here,
-so the first load of a released model (1.3 GB of weights) pays about a
-second, the bundled presets (2-4 MB) a few milliseconds.
+rewritten file is always hashed again; what hashing costs a first load is in
+benchmarks/README.md, "Preset integrity").
 `record_integrity(folder)` (re)writes the record of a folder you trust.
 """
 
@@ -115,14 +114,14 @@ def fsync_tree(path):
         fsync_dir(root)
 
 
-def write_json_atomic(path, obj, **dump_kwargs):
-    """Writes JSON to `path` through a temporary file in the same folder that
-    is fsynced and renamed over it: readers see the old or the new file."""
+def write_text_atomic(path, text):
+    """Writes `text` to `path` through a temporary file in the same folder
+    that is fsynced and renamed over it: readers see the old or the new file."""
     folder = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, **dump_kwargs)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -134,6 +133,11 @@ def write_json_atomic(path, obj, **dump_kwargs):
         raise
     fsync_dir(folder)
     return path
+
+
+def write_json_atomic(path, obj, **dump_kwargs):
+    """`write_text_atomic` of `obj` as JSON (`json.dumps` arguments)."""
+    return write_text_atomic(path, json.dumps(obj, **dump_kwargs))
 
 
 def write_info(preset_dir, info, record=True):
@@ -440,28 +444,8 @@ def _is_complete_copy(folder):
         return False
 
 
-def upgrade_weights_layout(preset_dir):
-    """Rewrites a preset folder saved by an older uvim-keras in the current
-    layout; returns the number of arrays moved or transposed (0 when the
-    folder is already current).
-
-    The upgrade is made in a copy of the folder (`<folder>.upgrade-tmp`,
-    fsynced, its record written last) that replaces the original only when
-    complete (two renames); a run killed at any point is completed or rolled
-    back by the next call (`repair_interrupted_upgrade`). A folder recorded
-    with an integrity record is checked before it is rewritten; the
-    upgraded folder gets a fresh record. In the named-preset cache the
-    upgrade holds the folder's lock (another process waits, then finds it
-    done); for your own folders, run it from one process at a time.
-    """
-    from uvim_keras.presets import cache
-
-    preset_dir = os.path.normpath(os.fspath(preset_dir))
-    with cache.lock_if_cached(preset_dir):
-        return _upgrade(preset_dir)
-
-
-def _upgrade(preset_dir):
+def upgrade_in_place(preset_dir):
+    """`cache.upgrade_weights_layout` without the cache's lock."""
     repair_interrupted_upgrade(preset_dir)
     info = read_info(preset_dir)
     if info is None:
@@ -506,7 +490,7 @@ def upgraded_copy(preset_dir, into=None):
         for name in os.listdir(copy):  # the copy is ours to write, whatever the modes were
             os.chmod(os.path.join(copy, name), 0o644)
         os.chmod(copy, 0o755)
-        _upgrade(copy)
+        upgrade_in_place(copy)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise

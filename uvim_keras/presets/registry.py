@@ -16,6 +16,9 @@ import copy
 import dataclasses
 import re
 
+from uvim_keras.presets.bundled import BUNDLED_PRESETS, bundled_presets
+from uvim_keras.presets.cache import NAME_PATTERN
+
 BIG_VISION_URL = "https://storage.googleapis.com/big_vision/uvim"
 
 _PAPER = "Kolesnikov et al., UViM: A Unified Modeling Approach for Vision with Learned Guiding Codes, NeurIPS 2022 (arXiv:2205.10337)"
@@ -142,12 +145,8 @@ def register_preset(spec, overwrite=False):
         raise TypeError(f"expected a PresetSpec, got {type(spec).__name__}.")
     if spec.name in _BUILTIN or (spec.name in PRESETS and not overwrite):
         raise ValueError(f"a preset named {spec.name!r} is already registered.")
-    from uvim_keras.presets.bundled import BUNDLED_PRESETS
-
     if spec.name in BUNDLED_PRESETS:
         raise ValueError(f"{spec.name!r} is the name of a bundled preset.")
-    from uvim_keras.presets.cache import NAME_PATTERN
-
     if not isinstance(spec.name, str) or not NAME_PATTERN.match(spec.name):
         raise ValueError(f"preset name {spec.name!r}: use letters, digits, '_', '.' and '-' "
                          "(no path separators, no leading dot); it names a cache folder.")
@@ -195,8 +194,6 @@ def named_presets(kind=None, bundled=True):
     preset also loads as a stage-I model, so kind=None suits UViMStage1."""
     out = {n: s.description for n, s in PRESETS.items() if kind is None or s.kind == kind}
     if bundled:
-        from uvim_keras.presets.bundled import bundled_presets
-
         for name, info in bundled_presets().items():
             if kind is None or info["kind"] == kind:
                 out.setdefault(name, info["description"])

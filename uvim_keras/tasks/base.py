@@ -33,10 +33,19 @@ image-layout logits. Everything uses `keras.ops`, so a task runs on every
 backend and inside `fit`. To add a task, subclass `UViMTask` in one file and register it with
 `@keras.saving.register_keras_serializable`; see
 `examples/custom_task_semantic.py` for a worked example.
+
+Around the model, the evaluation, the pictures and the model cards ask the
+task what they need (`metric`, `output_rgb`, `figure_key`, `title`, ...);
+the defaults here serve a new task of class maps (int labels: accuracy and
+mIoU, class colours) or of values (float labels: MSE, a colour map), and
+the built-in tasks override them.
 """
 
 import keras
 import numpy as np
+
+from uvim_keras.metrics.pixelwise import MeanSquaredError, PixelAccuracy
+from uvim_keras.visualize import colors
 
 
 class UViMTask:
@@ -96,7 +105,7 @@ class UViMTask:
                 f"labels has spatial size {tuple(shape[1:3])}; expected "
                 f"{tuple(image_size)} (the model's input_size)."
             )
-        values = _concrete(labels)
+        values = concrete_values(labels)
         if values is not None:
             self.check_label_values(values)
 
@@ -131,6 +140,102 @@ class UViMTask:
             return "labels must be finite"
         return ""
 
+    # -- around the model: evaluation, pictures, model cards ---------------------
+    #: what figures and model cards call the task (defaults to `name`).
+    title = None
+    #: one caption line of figures: how to read the task's tiles.
+    caption = ""
+    #: the model's image input is grey (replicated to 3 channels).
+    grey_input = False
+    #: the keras-hub task class (registered name) a preset of the task saves as,
+    #: the keras-hub class its model card names and its Hugging Face pipeline tag.
+    keras_hub_task = "UViMStage2Task"
+    keras_hub_class = None
+    pipeline_tag = None
+    #: how one output returns to an input's own size: (interpolation, (height
+    #: axis, width axis)), interpolation "nearest" or "bilinear"; None: outputs
+    #: stay at the model's size.
+    output_resize = None
+
+    @property
+    def headline_metric(self):
+        """(name, which way is better) of the metric tables lead with."""
+        if self.label_kind == "int":
+            return "accuracy", "higher"
+        return "MSE", "lower"
+
+    def metric(self, **options):
+        """A new stateful metric of the task's outputs: `update_metric(metric,
+        labels, outputs)` adds a batch, `metric.result()` reads it. Default:
+        `PixelAccuracy` (int labels; with mIoU when the task has
+        `num_classes`) or `MeanSquaredError` (float labels). `options`: what
+        a task's metric takes (e.g. panoptic's `categories`)."""
+        _no_options(self, options)
+        if self.label_kind == "int":
+            return PixelAccuracy(num_classes=getattr(self, "num_classes", None),
+                                 ignore_class=getattr(self, "ignore_class", None))
+        return MeanSquaredError()
+
+    def update_metric(self, metric, labels, outputs):
+        """Adds a batch of raw `labels` and the model's `outputs` to `metric`."""
+        metric.update_state(labels, outputs)
+
+    def metric_values(self, result):
+        """`metric.result()` as a flat {name: float} (with `headline_metric`)."""
+        return {k: float(v) for k, v in result.items()}
+
+    def describe_outputs(self):
+        """One sentence for model cards: what the labels and outputs are."""
+        return f"{self.title or self.name}: labels (H, W, {self.label_depth}) {self.label_kind}."
+
+    def output_rgb(self, output):
+        """uint8 RGB (H, W, 3) picture of one label or output: class colours
+        for class maps, a colour map over the values for value maps, the
+        colours themselves for 3-channel values in [-1, 1]."""
+        x = np.asarray(output)
+        if x.ndim == 3 and x.shape[-1] == 1:
+            x = x[..., 0]
+        if x.ndim == 3 and x.shape[-1] == 3 and x.dtype.kind == "f":
+            return colors.image_to_uint8(x)
+        if x.ndim != 2:
+            raise ValueError(f"{type(self).__name__}.output_rgb: an output of shape {x.shape}; "
+                             "expected (H, W) or (H, W, 1) (override output_rgb for others).")
+        if x.dtype.kind in "iub":
+            palette = colors.class_colors(self._num_classes(x))
+            return palette[np.clip(x, 0, len(palette) - 1)]
+        lo, hi = self._value_range(x)
+        return colors.depth_to_rgb(x, lo, hi)
+
+    def figure_key(self, outputs=()):
+        """What a figure of `outputs` shows beside its tiles: ("classes",
+        [(rgb, label), ...]) for class maps, ("scale", lo, hi, title) for
+        value maps, or None."""
+        arrays = [np.asarray(a) for a in outputs]
+        if not arrays or arrays[0].dtype.kind == "f" and arrays[0].shape[-1] == 3:
+            return None
+        if arrays[0].dtype.kind in "iub":
+            k = max(self._num_classes(a) for a in arrays)
+            present = np.unique(np.concatenate([a.ravel() for a in arrays]))
+            names = getattr(self, "class_names", None) or [f"class {i}" for i in range(k)]
+            palette = colors.class_colors(k)
+            return ("classes", [(tuple(int(c) for c in palette[i]), f"{i}: {names[i]}")
+                                for i in present if 0 <= i < k])
+        lo, hi = self._value_range(*arrays)
+        return ("scale", lo, hi, self.title or self.name)
+
+    def picture_panels(self, image, predictions):
+        """`uvim-keras predict`'s picture of one image: (a tile per
+        prediction, the key beside them, as `figure_key`)."""
+        return [self.output_rgb(p) for p in predictions], self.figure_key(predictions)
+
+    def _num_classes(self, x):
+        return getattr(self, "num_classes", None) or int(np.max(x, initial=0)) + 1
+
+    def _value_range(self, *arrays):
+        lo = float(min(np.min(a) for a in arrays))
+        hi = float(max(np.max(a) for a in arrays))
+        return lo, (hi if hi > lo else lo + 1e-3)
+
     def get_config(self):
         return {}
 
@@ -141,6 +246,11 @@ class UViMTask:
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
+
+
+def _no_options(task, options):
+    if options:
+        raise TypeError(f"{type(task).__name__}.metric takes no option {sorted(options)}.")
 
 
 def label_channel(labels, index, axis=-1):
@@ -169,7 +279,7 @@ def softmax_cross_entropy(target, logits, axis=-1):
     return keras.ops.logsumexp(logits, axis=axis) - keras.ops.sum(target * logits, axis=axis)
 
 
-def _concrete(x):
+def concrete_values(x):
     """x as a numpy array if it holds values (not a symbolic/traced tensor)."""
     if isinstance(x, np.ndarray):
         return x

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from uvim_keras.metrics.fid import FID
+from uvim_keras.metrics.pixelwise import ColourMetrics
 from uvim_keras.tasks.base import UViMTask
 
 #: How far colour labels may stray outside [-1, 1] (rounding) before they are refused.
@@ -29,6 +31,14 @@ class ColorizationTask(UViMTask):
     label_depth = 3
     label_kind = "float"
     default_temperature = 1.0
+    title = "colorization"
+    caption = "The model sees the grey input and predicts its colours."
+    grey_input = True
+    keras_hub_task = "UViMColorizer"
+    keras_hub_class = "ImageToImage"
+    pipeline_tag = "image-to-image"
+    output_resize = ("bilinear", (-3, -2))
+    headline_metric = ("colourfulness", "closer to the ground truth's")
 
     @property
     def label_channels(self):
@@ -60,3 +70,21 @@ class ColorizationTask(UViMTask):
 
     def predict_outputs(self, logits):
         return ops.clip(logits["color"], -1.0, 1.0)
+
+    # -- evaluation, pictures, model card ------------------------------------------
+    def metric(self, fid=None):
+        """`ColourMetrics`: colourfulness of the outputs and of the ground
+        truth, MSE, and FID when `fid` (an `FID` metric) is given."""
+        return ColourMetrics(fid=fid)
+
+    def update_metric(self, metric, labels, outputs):
+        if isinstance(metric, FID):
+            metric.update_state(real_images=labels, generated_images=outputs)
+        else:
+            metric.update_state(labels, outputs)
+
+    def describe_outputs(self):
+        return "Colorization: RGB in [-1, 1] from a grey image; output (H, W, 3)."
+
+    def figure_key(self, outputs=()):
+        return None

@@ -1,9 +1,12 @@
 """Monocular depth as classification over depth bins (UViM's NYU setup)."""
 
 import keras
+import numpy as np
 from keras import ops
 
+from uvim_keras.metrics.depth import DepthMetrics
 from uvim_keras.tasks.base import UViMTask, label_channel, one_hot, softmax_cross_entropy
+from uvim_keras.visualize import colors
 
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
@@ -24,6 +27,13 @@ class DepthTask(UViMTask):
     name = "depth"
     label_depth = 1
     label_kind = "float"
+    title = "monocular depth estimation"
+    caption = "Colour = depth in metres (scale at the right): yellow near, purple far."
+    keras_hub_task = "UViMDepthEstimator"
+    keras_hub_class = "DepthEstimator"
+    pipeline_tag = "depth-estimation"
+    output_resize = ("bilinear", (-2, -1))
+    headline_metric = ("RMSE", "lower")
 
     def __init__(self, bins=256, min_depth=1e-3, max_depth=10.0):
         if bins < 2 or not max_depth > min_depth:
@@ -59,6 +69,35 @@ class DepthTask(UViMTask):
 
     def predict_outputs(self, logits):
         return self.bins_to_depth(ops.argmax(logits["depth"], axis=-1))
+
+    # -- evaluation, pictures, model card ------------------------------------------
+    def metric(self, nyu_eval_crop=False):
+        """`DepthMetrics` (RMSE, abs_RE, log10, delta1-3) over the task's
+        depth range; `nyu_eval_crop`: big_vision's crop of raw 480x640 NYU
+        labels."""
+        return DepthMetrics(self.min_depth, self.max_depth, nyu_eval_crop=nyu_eval_crop)
+
+    def update_metric(self, metric, labels, outputs):
+        labels = np.asarray(labels)
+        metric.update_state(labels[..., 0] if labels.ndim == 4 else labels, outputs)
+
+    def describe_outputs(self):
+        return (f"Monocular depth as {self.bins} bins over [{self.min_depth}, {self.max_depth}] "
+                "m; output (H, W) float32 depth in metres.")
+
+    def output_rgb(self, output):
+        x = np.asarray(output)
+        return colors.depth_to_rgb(x[..., 0] if x.ndim == 3 else x, self.min_depth,
+                                   self.max_depth)
+
+    def figure_key(self, outputs=()):
+        return ("scale", self.min_depth, self.max_depth, "depth")
+
+    def picture_panels(self, image, predictions):
+        """Colour maps over the predictions' own range, with its scale."""
+        lo, hi = self._value_range(*predictions)
+        return ([colors.depth_to_rgb(np.asarray(p), lo, hi) for p in predictions],
+                ("scale", lo, hi, "depth"))
 
     def get_config(self):
         return {"bins": self.bins, "min_depth": self.min_depth, "max_depth": self.max_depth}

@@ -1,9 +1,12 @@
 """Panoptic segmentation: labels (H, W, 2) = [semantic class, instance id]."""
 
 import keras
+import numpy as np
 from keras import ops
 
+from uvim_keras.metrics.panoptic_quality import PanopticQuality
 from uvim_keras.tasks.base import UViMTask, label_channel, one_hot, softmax_cross_entropy
+from uvim_keras.visualize import colors, figures
 
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
@@ -34,6 +37,14 @@ class PanopticTask(UViMTask):
     name = "panoptic"
     label_depth = 2
     label_kind = "int"
+    title = "panoptic segmentation"
+    caption = ("Colour = class (key at the right); shades of one colour = separate instances; "
+               "dark lines = segment edges.")
+    keras_hub_task = "UViMImageSegmenter"
+    keras_hub_class = "ImageSegmenter"
+    pipeline_tag = "image-segmentation"
+    output_resize = ("nearest", (-3, -2))
+    headline_metric = ("PQ", "higher")
 
     def __init__(self, num_classes=134, max_instances=100, min_fraction=0.0, class_names=None):
         if num_classes < 2 or max_instances < 1:
@@ -97,6 +108,49 @@ class PanopticTask(UViMTask):
     def predict_outputs(self, logits, min_fraction=None):
         min_fraction = self.min_fraction if min_fraction is None else min_fraction
         return panoptic_from_logits(logits["semantics"], logits["instances"], min_fraction)
+
+    # -- evaluation, pictures, model card ------------------------------------------
+    def metric(self, categories=None):
+        """`PanopticQuality` over `categories` (dicts with id, name, isthing:
+        the semantic ids of the labels, as panopticapi takes them)."""
+        if categories is None:
+            raise ValueError(
+                "categories is None; panoptic evaluation needs the category list "
+                "(dicts with id, name, isthing) of the semantic ids."
+            )
+        return PanopticQuality(categories)
+
+    def metric_values(self, result):
+        return {"PQ": 100 * result["All"]["pq"], "PQ_things": 100 * result["Things"]["pq"],
+                "PQ_stuff": 100 * result["Stuff"]["pq"], "SQ": 100 * result["All"]["sq"],
+                "RQ": 100 * result["All"]["rq"]}
+
+    def describe_outputs(self):
+        return (f"Panoptic segmentation: for each pixel a semantic class (of {self.num_classes}, "
+                f"0 = void) and an instance id (< {self.max_instances}); output (H, W, 2) int32.")
+
+    def output_rgb(self, output):
+        return colors.panoptic_to_rgb(np.asarray(output), self.num_classes)
+
+    def figure_key(self, outputs=()):
+        """Every class's colour and name (for more than 32 classes, those
+        present in `outputs`)."""
+        names = figures.class_names(self.num_classes, self.class_names)
+        palette = colors.class_colors(self.num_classes)
+        ids = range(self.num_classes)
+        if self.num_classes > 32 and len(outputs):
+            present = np.unique(np.concatenate([np.asarray(a)[..., 0].ravel() for a in outputs]))
+            ids = [int(k) for k in present if k < self.num_classes]
+        return ("classes", [(tuple(int(c) for c in palette[k]), f"{k}: {names[k]}") for k in ids])
+
+    def picture_panels(self, image, predictions):
+        """The predictions blended over the image, and a legend of the
+        classes present: instances and share of the pixels."""
+        tiles = [figures.panoptic_overlay(image, p, self.num_classes) for p in predictions]
+        entries = figures.legend_entries(predictions, self.num_classes, self.class_names)
+        header = "class: instances, share of pixels" + (
+            f" ({len(predictions)} samples)" if len(predictions) > 1 else "")
+        return tiles, ("classes", [(e["color"], e["label"]) for e in entries], header)
 
     def get_config(self):
         config = {

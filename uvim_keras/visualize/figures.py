@@ -1,21 +1,25 @@
 """Pictures a person reads without the README.
 
-* `picture`: one image's predictions as `uvim-keras predict` writes them:
-  panoptic overlay with a legend of the classes present (names, instances,
-  share of pixels), depth colour map with a scale bar in metres,
-  colorization beside the grey input;
+* `picture`: one image's predictions as `uvim-keras predict` writes them,
+  each drawn by its task (`UViMTask.picture_panels`: a panoptic overlay
+  with a legend of the classes present (names, instances, share of pixels),
+  a depth colour map with a scale bar in metres, colours beside the grey
+  input);
 * `demo_figure`: the demo's figure of held-out images: a title, a caption
-  saying how to read it, labelled columns with each model's score, and a
-  key (class colours and names, or a depth scale bar).
+  saying how to read it, labelled columns with each model's score, and the
+  task's key (class colours and names, or a depth scale bar).
 
-Colours come from `uvim_keras.visualize` (the one class palette and depth
+Tasks say what to draw (`output_rgb`, `figure_key`, `caption`); this module
+draws it, so a new task gets pictures without a change here.
+
+Colours come from `uvim_keras.visualize.colors` (the one class palette and depth
 colour map), so a class or a depth looks the same in every picture.
 """
 
 import numpy as np
 
-from uvim_keras import visualize
-from uvim_keras.visualize import class_colors, depth_scale_bar, font as _font
+from uvim_keras.visualize import colors as visualize
+from uvim_keras.visualize.colors import class_colors, depth_scale_bar, font as _font
 
 # The 133 COCO panoptic categories in the order of panopticapi's
 # panoptic_coco_categories.json (sorted by id); UViM's class k is entry k - 1
@@ -195,95 +199,42 @@ def _key(rows, header, height, size=13, max_rows=None):
     return legend
 
 
-def panoptic_legend(panoptics, num_classes, height, max_rows=None, names=None):
-    """A PIL image listing the classes present in `panoptics` (see
-    `legend_entries`), in class-id order: colour swatch, "id: name",
-    instances and share of the pixels."""
-    entries = legend_entries(panoptics, num_classes, names)
-    count = len(_maps(panoptics))
-    header = "class: instances, share of pixels" + (f" ({count} samples)" if count > 1 else "")
-    return _key([(e["color"], e["label"]) for e in entries], header, height, max_rows=max_rows)
+def render_key(key, height, size=13):
+    """The PIL image of a figure key (`UViMTask.figure_key`), or None:
+    ("classes", [(rgb, label), ...][, header]) -> colour swatches with their
+    labels; ("scale", lo, hi, title) -> a colour bar in the task's unit."""
+    if not key:
+        return None
+    if key[0] == "classes":
+        header = key[2] if len(key) > 2 else "classes"
+        return _key(key[1], header, height, size=size)
+    if key[0] == "scale":
+        _, lo, hi, title = key
+        return depth_scale_bar(height, lo, hi, ticks=6, font_size=size, title=title)
+    raise ValueError(f"key={key!r:.80}; expected ('classes', rows) or ('scale', lo, hi, title).")
 
 
-def picture(task, image, predictions, titles=None, task_config=None):
-    """The picture of one image's predictions (a list, one per sample).
-    `task_config` is the task's `get_config()`: a panoptic task's
-    `num_classes` and `class_names` name the legend's classes."""
+def picture(task, image, predictions, titles=None):
+    """The picture of one image's predictions (a list, one per sample):
+    the input, each prediction as the task draws it
+    (`task.picture_panels`), and its key (class legend, colour scale)."""
     image = np.asarray(image, "uint8")
     scale = _scale_for(image.shape[0])
-    task_config = task_config or {}
     n = len(predictions)
     titles = titles or ([f"sample {i + 1}" for i in range(n)] if n > 1 else ["prediction"])
-    if task == "panoptic":
-        k = int(task_config.get("num_classes", max(int(np.max(p[..., 0])) for p in predictions) + 1))
-        panels = [_up(image, scale)] + [_up(panoptic_overlay(image, p, k), scale) for p in predictions]
-        legend = panoptic_legend(predictions, k, panels[0].shape[0],
-                                 names=task_config.get("class_names"))
-        return _canvas(panels, ["input"] + titles, legend)
-    if task == "depth":
-        lo = float(min(np.min(p) for p in predictions))
-        hi = float(max(np.max(p) for p in predictions))
-        hi = hi if hi > lo else lo + 1e-3
-        panels = [_up(image, scale)] + [
-            _up(visualize.depth_to_rgb(np.asarray(p), lo, hi), scale) for p in predictions
-        ]
-        return _canvas(panels, ["input"] + titles, depth_scale_bar(panels[0].shape[0], lo, hi))
-    if task == "colorization":
-        panels = [_up(image, scale)] + [_up(visualize.image_to_uint8(p), scale) for p in predictions]
-        return _canvas(panels, ["grey input"] + (titles if n > 1 else ["colorized"]))
-    raise ValueError(f"no picture for task {task!r}.")
+    tiles, key = task.picture_panels(image, [np.asarray(p) for p in predictions])
+    panels = [_up(image, scale)] + [_up(tile, scale) for tile in tiles]
+    first = "grey input" if task.grey_input else "input"
+    return _canvas(panels, [first] + list(titles), render_key(key, panels[0].shape[0]))
 
 
 # -- the demo's figure -------------------------------------------------------------------
-#: How to read each task's tiles (the demo figure's caption).
-TASK_CAPTIONS = {
-    "panoptic": "Colour = class (key at the right); shades of one colour = separate "
-                "instances; dark lines = segment edges.",
-    "depth": "Colour = depth in metres (scale at the right): yellow near, purple far.",
-    "colorization": "The model sees the grey input and predicts its colours.",
-}
-
-
-def output_rgb(task, array):
-    """uint8 RGB tile of one label or prediction of `task` (a task object:
-    `task.name` is "panoptic", "depth" or "colorization"): class colours
-    (`visualize.panoptic_to_rgb`), the depth colour map over the task's
-    [min_depth, max_depth], or the colours."""
-    array = np.asarray(array)
-    if task.name == "panoptic":
-        return visualize.panoptic_to_rgb(array, task.num_classes)
-    if task.name == "depth":
-        depth = array[..., 0] if array.ndim == 3 else array
-        return visualize.depth_to_rgb(depth, task.min_depth, task.max_depth)
-    if task.name == "colorization":
-        return visualize.image_to_uint8(array)
-    raise ValueError(f"no tiles for task {task.name!r}.")
-
-
 def _format_score(value, metric=None):
     if isinstance(value, str):
         return value
     value = float(value)
     digits = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2 if abs(value) >= 1 else 3
     return f"{metric} {value:.{digits}f}" if metric else f"{value:.{digits}f}"
-
-
-def figure_key(task, arrays=()):
-    """The demo figure's key (a PIL image) for `task`, or None: for panoptic
-    the class colours with their names (every class of the task; for more
-    than 32 classes those present in `arrays`), for depth a scale bar in
-    metres over the task's range, nothing for colorization."""
-    if task.name == "panoptic":
-        names = class_names(task.num_classes, getattr(task, "class_names", None))
-        colors = class_colors(task.num_classes)
-        ids = range(task.num_classes)
-        if task.num_classes > 32 and len(arrays):
-            present = np.unique(np.concatenate([np.asarray(a)[..., 0].ravel() for a in arrays]))
-            ids = [int(k) for k in present if k < task.num_classes]
-        return [(tuple(int(c) for c in colors[k]), f"{k}: {names[k]}") for k in ids]
-    if task.name == "depth":
-        return "depth"
-    return None
 
 
 def demo_figure(images, labels, columns, task, *, title, scores=None, metric=None,
@@ -293,8 +244,8 @@ def demo_figure(images, labels, columns, task, *, title, scores=None, metric=Non
     * `images`: the held-out inputs ((N, H, W, 3), [-1, 1] floats or uint8);
     * `labels`: their ground truth; `columns`: {column name: predictions
       (N, ...)}, in order (e.g. "no code", "oracle code", "UViM (T=0)");
-    * `task`: the task object (`task.name`, and for panoptic `num_classes`
-      and optional `class_names`; for depth `min_depth`, `max_depth`);
+    * `task`: the task object: it draws the tiles (`output_rgb`), the key
+      (`figure_key`) and says how to read them (`caption`);
     * `title`: the first line, e.g. "UViM demo: synthetic panoptic,
       held-out images, seed 0";
     * `scores`: {column name: score}, drawn under the column's name: a
@@ -302,41 +253,34 @@ def demo_figure(images, labels, columns, task, *, title, scores=None, metric=Non
       without one (input, samples) get none ("truth" or "ground truth"
       names the ground-truth column);
     * `notes`: more caption lines (e.g. what the scores are measured on),
-      after the task's `TASK_CAPTIONS` line.
+      after the task's `caption`.
 
     Layout: title, caption, column names (and scores), `rows` rows of tiles
-    upscaled `scale` x (nearest), the key at the right: class colours and
-    names (panoptic), a depth scale bar in metres (depth), none
-    (colorization)."""
+    upscaled `scale` x (nearest), the task's key at the right (class colours
+    and names, a colour scale, or none)."""
     from PIL import Image, ImageDraw
 
     scores = dict(scores or {})
     n = min(rows, len(images))
     if n < 1:
         raise ValueError("demo_figure: no images.")
-    names = ["grey input" if task.name == "colorization" else "input", "ground truth"]
+    names = ["grey input" if task.grey_input else "input", "ground truth"]
     names += list(columns)
     column_scores = [scores.get("input"), scores.get("ground truth", scores.get("truth"))]
     column_scores += [scores.get(c) for c in columns]
-    tiles = [[visualize.image_to_uint8(images[i]), output_rgb(task, labels[i])]
-             + [output_rgb(task, columns[c][i]) for c in columns] for i in range(n)]
+    tiles = [[visualize.image_to_uint8(images[i]), task.output_rgb(labels[i])]
+             + [task.output_rgb(columns[c][i]) for c in columns] for i in range(n)]
     th, tw = (s * scale for s in tiles[0][0].shape[:2])
     margin, pad, gap = 12, 4, 16
     title_size, text_size = 20, 14
     line = text_size + 5
     grid_w = len(names) * (tw + pad) - pad
     grid_h = n * (th + pad) - pad
-    key = figure_key(task, [labels[:n]] + [columns[c][:n] for c in columns])
-    if key == "depth":
-        key_img = depth_scale_bar(grid_h, task.min_depth, task.max_depth, ticks=6,
-                                  font_size=text_size, title="depth")
-    elif key:
-        key_img = _key(key, "classes", grid_h, size=text_size)
-    else:
-        key_img = None
+    key_img = render_key(task.figure_key([labels[:n]] + [columns[c][:n] for c in columns]),
+                         grid_h, size=text_size)
     width = 2 * margin + grid_w + (gap + key_img.width if key_img is not None else 0)
     text_w = width - 2 * margin
-    caption = [TASK_CAPTIONS.get(task.name, "")] + [str(t) for t in notes]
+    caption = [task.caption] + [str(t) for t in notes]
     title_lines = _wrap(title, title_size, text_w)
     caption_lines = [piece for c in caption if c for piece in _wrap(c, text_size, text_w)]
     label_lines = [_wrap(name, text_size, tw) for name in names]

@@ -40,22 +40,41 @@ def version():
 def _demo(args):
     import dataclasses
 
-    from uvim_keras.cli_presets import CommandError
-    from uvim_keras.demo import _check_args, demo_config, run_demo
+    from uvim_keras.cli.presets import CommandError
+    from uvim_keras.cli.demo import check_args, demo_config, run_demo
 
     config = demo_config(args.task, args.quick)
     overrides = {k: getattr(args, k) for k in _DEMO_OVERRIDES if getattr(args, k) is not None}
     config = dataclasses.replace(config, **overrides)
     try:  # bad argument values are usage errors (exit status 2)
-        _check_args(args.task, args.seed, args.out, config)
+        check_args(args.task, args.seed, args.out, config)
     except ValueError as e:
         raise CommandError(str(e)) from None
     if not args.quick:  # long training runs: keep the step buffers mapped (host_memory)
-        from uvim_keras.host_memory import reuse_host_memory
+        from uvim_keras.runtime.host_memory import reuse_host_memory
 
         reuse_host_memory()
     run_demo(task=args.task, out=args.out, seed=args.seed, quick=args.quick, config=config,
              verbose=0 if args.quiet else 1)
+
+
+def _ablate(args):
+    from uvim_keras.cli.ablate import ablation_config, run_ablations
+    from uvim_keras.cli.demo import check_args
+    from uvim_keras.cli.presets import CommandError
+
+    config = ablation_config(args.task, args.quick)
+    try:  # bad argument values are usage errors (exit status 2)
+        for seed in args.seeds:
+            check_args(args.task, seed, args.out, config)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    if not args.quick:  # long training runs: keep the step buffers mapped (host_memory)
+        from uvim_keras.runtime.host_memory import reuse_host_memory
+
+        reuse_host_memory()
+    run_ablations(task=args.task, out=args.out, seeds=args.seeds, quick=args.quick,
+                  config=config, verbose=0 if args.quiet else 1)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,7 +97,7 @@ class _VersionAction(argparse.Action):
 
 
 def build_parser():
-    from uvim_keras.cli_presets import add_subcommands
+    from uvim_keras.cli.presets import add_subcommands
 
     parser = _Parser(prog="uvim-keras", description="UViM on Keras 3.",
                      epilog="exit status: 0 done, 1 the command failed (one line on stderr), "
@@ -111,6 +130,26 @@ def build_parser():
         demo.add_argument("--" + name.replace("_", "-"), type=int, default=None,
                           help=f"override the recipe's {name}")
     demo.set_defaults(func=_demo)
+    ablate = sub.add_parser(
+        "ablate", help="the paper's ablations (Table 2) on synthetic data (CPU, an hour a seed)",
+        description="Reproduces the columns of the paper's Table 2 on the demo's synthetic "
+        "data: default, from_scratch (LM encoder not started from the no-code model), "
+        "no_dropout (stage I without code dropout), no_oracle (the base model alone), "
+        "no_autoregression (an LM that predicts all code words in one pass) and no_image "
+        "(stage I without the image). Trains what each column needs per seed, evaluates "
+        "stage I (oracle code) and stage II (UViM) on the held-out split and writes "
+        "ablations.json, ablations.md (the table beside the paper's) and a figure to --out.",
+    )
+    ablate.add_argument("--task", default="panoptic", choices=_DEMO_TASKS,
+                        help="the task (default: panoptic)")
+    ablate.add_argument("--quick", action="store_true",
+                        help="a smoke run of a few minutes (tiny data and models)")
+    ablate.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED",
+                        help="the seeds to run (default: 0 1 2)")
+    ablate.add_argument("--out", default="uvim_ablations",
+                        help="output folder (default: uvim_ablations)")
+    ablate.add_argument("--quiet", action="store_true", help="no progress output")
+    ablate.set_defaults(func=_ablate)
     add_subcommands(sub)
     for command in sub.choices.values():  # also after the command (default: the parser's)
         command.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
@@ -131,10 +170,10 @@ def main(argv=None):
     prefix = f"uvim-keras {args.command}"
     try:
         if args.verbose:
-            from uvim_keras.import_hooks import keep_tensorflow_logs
+            from uvim_keras.runtime.import_hooks import keep_tensorflow_logs
 
             keep_tensorflow_logs()
-        from uvim_keras.cli_presets import CommandError
+        from uvim_keras.cli.presets import CommandError
 
         try:
             args.func(args)
@@ -163,7 +202,7 @@ def main(argv=None):
 
 def _one_line(error):
     try:
-        from uvim_keras.cli_presets import one_line
+        from uvim_keras.cli.presets import one_line
     except Exception:  # noqa: BLE001 (the error may be this import's)
         return " ".join(str(error).split()) or type(error).__name__
     return one_line(error)

@@ -14,8 +14,8 @@ import keras_hub
 import numpy as np
 from keras_hub.src.utils.tensor_utils import preprocessing_function
 
-from uvim_keras.presets.hub.backbone import UViMStage1Backbone
-from uvim_keras.presets.images import GREY_WEIGHTS
+from uvim_keras.keras_hub_models.backbone import UViMStage1Backbone
+from uvim_keras.data.images import GREY_WEIGHTS
 
 #: (x + 1) @ GREY_MATRIX - 1 is the grey image (3 equal channels) of an image
 #: in [-1, 1], as big_vision converts before its value range.

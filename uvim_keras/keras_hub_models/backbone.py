@@ -13,13 +13,7 @@ import keras_hub
 
 from uvim_keras.models.adaptable import LORA_LAYER_NAMES, dtype_config, quantized_layers
 from uvim_keras.models.stage1 import UViMStage1
-
-_KERAS_MODEL_KEYS = ("name", "trainable", "dtype")
-
-
-def stage1_arch_config(stage1):
-    """The `UViMStage1` config without Keras's per-instance keys."""
-    return {k: v for k, v in stage1.get_config().items() if k not in _KERAS_MODEL_KEYS}
+from uvim_keras.presets.saving import arch_config as stage1_arch_config
 
 
 @keras.saving.register_keras_serializable(package="uvim_keras")
@@ -44,7 +38,7 @@ class UViMStage1Backbone(keras_hub.models.Backbone):
         super().__init__(dtype=dtype, name=name, trainable=trainable)
         if model is None:
             model = UViMStage1(task, dtype=stage1_dtype or self.dtype_policy, name="stage1",
-                               **stage1_kwargs)
+                               **UViMStage1.upgrade_config(stage1_kwargs))
         self.stage1 = model
         self.built = True
 

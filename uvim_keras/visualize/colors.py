@@ -2,7 +2,7 @@
 
 The one class palette (`class_colors`), depth colour map (`depth_to_rgb`)
 and depth scale bar (`depth_scale_bar`) of uvim-keras: the demo's figure
-and `uvim-keras predict`'s pictures (`uvim_keras.presets.pictures`) both
+and `uvim-keras predict`'s pictures (`uvim_keras.visualize.figures`) both
 draw with these, so a class or a depth has the same colour everywhere.
 """
 
@@ -124,7 +124,7 @@ def depth_scale_bar(height, min_depth, max_depth, ticks=5, bar_width=18, font_si
 def grid(rows, titles=None, scale=3, pad=2, font_size=14):
     """A Pillow image of rows of equally sized uint8 tiles, upscaled by
     `scale`, with `titles` above the columns. (The demo's annotated figure
-    is `uvim_keras.presets.pictures.demo_figure`.)"""
+    is `uvim_keras.visualize.figures.demo_figure`.)"""
     from PIL import Image, ImageDraw
 
     tile_h, tile_w = rows[0][0].shape[:2]

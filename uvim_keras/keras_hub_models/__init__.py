@@ -9,31 +9,29 @@
   `preprocessor.json`): raw images of any size -> the model's input.
 
 `import uvim_keras` registers these classes with Keras as soon as keras-hub
-is imported (`uvim_keras.import_hooks`), so keras-hub's own
+is imported (`uvim_keras.runtime.import_hooks`), so keras-hub's own
 `Backbone.from_preset`, `ImageSegmenter.from_preset`,
 `DepthEstimator.from_preset` and `ImageToImage.from_preset` load UViM presets.
 """
 
-from uvim_keras.presets.hub.backbone import UViMStage1Backbone, stage1_arch_config
-from uvim_keras.presets.hub.preprocessing import (
+from uvim_keras.keras_hub_models.backbone import UViMStage1Backbone, stage1_arch_config
+from uvim_keras.keras_hub_models.preprocessing import (
     UViMDepthEstimatorPreprocessor,
     UViMImageConverter,
     UViMImageSegmenterPreprocessor,
     UViMPreprocessor,
     image_converter,
 )
-from uvim_keras.presets.hub.tasks import (
-    TASK_CLASSES,
+from uvim_keras.keras_hub_models.tasks import (
     UViMColorizer,
     UViMDepthEstimator,
     UViMImageSegmenter,
     UViMStage2Task,
-    task_class,
 )
 
 __all__ = [
-    "TASK_CLASSES", "UViMColorizer", "UViMDepthEstimator", "UViMImageConverter",
+    "UViMColorizer", "UViMDepthEstimator", "UViMImageConverter",
     "UViMImageSegmenter", "UViMDepthEstimatorPreprocessor", "UViMImageSegmenterPreprocessor",
     "UViMPreprocessor", "UViMStage1Backbone", "UViMStage2Task", "image_converter",
-    "stage1_arch_config", "task_class",
+    "stage1_arch_config",
 ]

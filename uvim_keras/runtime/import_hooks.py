@@ -2,7 +2,7 @@
 
 * **keras-hub**: keras-hub resolves a preset's classes through Keras'
   registry, so `keras_hub.models.ImageSegmenter.from_preset(uvim_preset)`
-  needs `uvim_keras.presets.hub` imported. Importing it with uvim_keras would
+  needs `uvim_keras.keras_hub_models` imported. Importing it with uvim_keras would
   import keras-hub, and with it TensorFlow, into every JAX or torch program;
   instead the classes are registered right after keras-hub's own import,
   whenever that happens (now, if keras-hub is already imported).
@@ -27,7 +27,7 @@ import importlib.util
 import os
 import sys
 
-HUB_MODULE = "uvim_keras.presets.hub"
+HUB_MODULE = "uvim_keras.keras_hub_models"
 VERBOSE_ENV = "UVIM_KERAS_VERBOSE"
 
 

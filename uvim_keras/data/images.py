@@ -174,15 +174,6 @@ def prepare_image(image, size, grey=False):
 
 
 # -- outputs back at the input's size -----------------------------------------------
-#: How each task's output is resized back: interpolation and the axes of
-#: (height, width) in one output (panoptic (H, W, 2), depth (H, W), colour (H, W, 3)).
-OUTPUT_RESIZE = {
-    "panoptic": ("nearest", (-3, -2)),
-    "depth": ("bilinear", (-2, -1)),
-    "colorization": ("bilinear", (-3, -2)),
-}
-
-
 def _source_coords(out_len, in_len):
     """Half-pixel-centre source coordinates of `out_len` output pixels."""
     return (np.arange(out_len, dtype="float64") + 0.5) * (in_len / out_len) - 0.5
@@ -224,12 +215,13 @@ def resize_output(output, size, method, axes=(-3, -2)):
 
 
 def resize_prediction(prediction, size, task):
-    """One image's prediction of a UViM `task` ("panoptic", "depth",
-    "colorization"; leading sample axes allowed) at `size` = (height,
-    width): nearest for panoptic maps, bilinear for depth and colour."""
-    if task not in OUTPUT_RESIZE:
-        raise ValueError(f"no output resize for task {task!r}; expected one of {sorted(OUTPUT_RESIZE)}.")
-    method, axes = OUTPUT_RESIZE[task]
+    """One image's prediction of a UViM `task` (leading sample axes allowed)
+    at `size` = (height, width), as the task says (`task.output_resize`:
+    nearest for label maps, bilinear for depth and colour)."""
+    if task.output_resize is None:
+        raise ValueError(f"the {task.name} task does not say how to resize its outputs "
+                         "(output_resize is None).")
+    method, axes = task.output_resize
     return resize_output(prediction, size, method, axes)
 
 

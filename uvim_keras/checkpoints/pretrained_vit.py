@@ -41,8 +41,8 @@ import warnings
 
 import numpy as np
 
-from uvim_keras.convert import ConversionError, _dense, _stored_shape, _vit_encoder
-from uvim_keras.models.lm import GuidingCodeLM
+from uvim_keras.checkpoints.big_vision import ConversionError, dense_map, stored_shape, vit_encoder_map
+from uvim_keras.runtime.registration import registered_class
 
 __all__ = [
     "DEFAULT_DONT_LOAD",
@@ -66,8 +66,8 @@ def vit_encoder_variable_map(lm):
     """{ViT checkpoint name: variable} for the LM's patch embedding and encoder
     (the position embedding is handled separately: it is resampled)."""
     return {
-        **_dense("embedding", lm.image_embedding.conv),
-        **_vit_encoder("Transformer", lm.encoder),
+        **dense_map("embedding", lm.image_embedding.conv),
+        **vit_encoder_map("Transformer", lm.encoder),
     }
 
 
@@ -163,7 +163,7 @@ class _Entries:
                 name = _POSEMB
             if name.startswith("Transformer/encoderblock/"):
                 rest = name[len("Transformer/encoderblock/"):]
-                shape = _stored_shape(source, key)
+                shape = stored_shape(source, key)
                 if not shape:
                     raise ConversionError(
                         f"{key}: a stacked (scan) block weight cannot be a scalar."
@@ -182,7 +182,7 @@ class _Entries:
 
     def shape(self, name):
         key, layer = self.entries[name]
-        shape = _stored_shape(self.source, key)
+        shape = stored_shape(self.source, key)
         return shape if layer is None else shape[1:]
 
     def dtype(self, name):
@@ -288,7 +288,7 @@ def init_lm_encoder_from_vit(lm, checkpoint, dont_load=DEFAULT_DONT_LOAD):
       blocks than the LM) or differs in shape (width, depth, heads, MLP size,
       patch size). Nothing is assigned unless every check passes.
     """
-    if not isinstance(lm, GuidingCodeLM):
+    if not isinstance(lm, registered_class("GuidingCodeLM")):
         raise TypeError(f"expected a GuidingCodeLM; got {type(lm).__name__}.")
     source = _open(checkpoint)
     try:
@@ -303,11 +303,11 @@ def _load(lm, entries, dont_load):
     names = {n for n in entries.entries if not any(p.fullmatch(n) for p in patterns)}
     targets = vit_encoder_variable_map(lm)
 
-    learned = lm.encoder_posemb.kind == "learn"
+    learned = lm.encoder_posemb.posemb == "learn"
     load_posemb = learned and not any(p.fullmatch(_POSEMB) for p in patterns)
     if not learned and _POSEMB in names:
         warnings.warn(
-            f"the LM's encoder position embedding is {lm.encoder_posemb.kind!r} (not learned); "
+            f"the LM's encoder position embedding is {lm.encoder_posemb.posemb!r} (not learned); "
             f"the checkpoint's '{_POSEMB}' is not loaded.",
             stacklevel=3,
         )

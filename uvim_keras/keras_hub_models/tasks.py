@@ -27,13 +27,13 @@ import numpy as np
 
 from uvim_keras.models.lm import GuidingCodeLM
 from uvim_keras.models.uvim import UViM
-from uvim_keras.presets.hub.backbone import UViMStage1Backbone
-from uvim_keras.presets.hub.preprocessing import (
+from uvim_keras.keras_hub_models.backbone import UViMStage1Backbone
+from uvim_keras.keras_hub_models.preprocessing import (
     UViMDepthEstimatorPreprocessor,
     UViMImageSegmenterPreprocessor,
     UViMPreprocessor,
 )
-from uvim_keras.presets.images import OUTPUT_RESIZE, resize_output
+from uvim_keras.data.images import resize_output
 from uvim_keras.presets.layout import PresetError
 
 
@@ -70,9 +70,6 @@ class UViMStage2Task(keras_hub.models.Task):
 
     backbone_cls = UViMStage1Backbone
     preprocessor_cls = UViMPreprocessor
-    #: how `predict` resizes outputs back (see presets.images.OUTPUT_RESIZE)
-    output_resize = None
-
     def __init__(self, backbone, lm=None, temperature=None, preprocessor=None, name=None,
                  **kwargs):
         kwargs.pop("compile", None)
@@ -145,8 +142,9 @@ class UViMStage2Task(keras_hub.models.Task):
         single = _is_image(x)
         out = super().predict(np.asarray(x)[None] if single else x, batch_size=batch_size,
                               **kwargs)
-        if self.preprocessor is not None and size is not None and self.output_resize:
-            method, axes = self.output_resize
+        resize = self.backbone.task.output_resize  # (the UViM task's rule)
+        if self.preprocessor is not None and size is not None and resize:
+            method, axes = resize
             out = resize_output(out, size, method, axes)
         return out[0] if single else out
 
@@ -258,7 +256,6 @@ class UViMImageSegmenter(keras_hub.models.ImageSegmenter, UViMStage2Task):
     """
 
     preprocessor_cls = UViMImageSegmenterPreprocessor
-    output_resize = OUTPUT_RESIZE["panoptic"]
 
 
 @_uvim_task
@@ -272,7 +269,6 @@ class UViMDepthEstimator(keras_hub.models.DepthEstimator, UViMStage2Task):
     """
 
     preprocessor_cls = UViMDepthEstimatorPreprocessor
-    output_resize = OUTPUT_RESIZE["depth"]
 
 
 @_uvim_task
@@ -287,7 +283,6 @@ class UViMColorizer(keras_hub.models.ImageToImage, UViMStage2Task):
     """
 
     preprocessor_cls = UViMPreprocessor
-    output_resize = OUTPUT_RESIZE["colorization"]
 
     @classmethod
     def _preprocessor_kwargs(cls):
@@ -296,17 +291,3 @@ class UViMColorizer(keras_hub.models.ImageToImage, UViMStage2Task):
     def generate(self, inputs, **kwargs):
         """Colours for raw images (see `predict`)."""
         return self.predict(inputs, **kwargs)
-
-
-#: the keras-hub task class of each of UViM's tasks (by `conversion.task_name`)
-TASK_CLASSES = {
-    "panoptic": UViMImageSegmenter,
-    "depth": UViMDepthEstimator,
-    "colorization": UViMColorizer,
-}
-
-
-def task_class(task_name):
-    """The keras-hub task class for a UViM task name (`UViMStage2Task` for
-    tasks without a keras-hub counterpart)."""
-    return TASK_CLASSES.get(task_name, UViMStage2Task)

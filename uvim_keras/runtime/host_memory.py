@@ -27,7 +27,7 @@ settings for any process, without code, are the environment variables
 
 Example:
 >>> import uvim_keras
->>> from uvim_keras.host_memory import reuse_host_memory
+>>> from uvim_keras.runtime.host_memory import reuse_host_memory
 >>> reuse_host_memory()  # before the first training step
 True
 """

@@ -19,8 +19,17 @@ import json
 import os
 import time
 
+import keras
 import numpy as np
 
+import uvim_keras  # noqa: F401  (registers the model classes .keras files name)
+from uvim_keras.checkpoints.pretrained_vit import init_lm_encoder_from_base_model
+from uvim_keras.data.synthetic import SYNTHETIC_TASKS, make_synthetic
+from uvim_keras.layers.code_dropout import CODE_DROPOUT_MODES
+from uvim_keras.models import GuidingCodeLM, UViM, UViMStage1
+from uvim_keras.presets.layout import record_integrity, rewrite_h5_arrays, write_text_atomic
+from uvim_keras.tasks import get_task
+from uvim_keras.visualize.figures import demo_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +49,8 @@ class DemoConfig:
 
     Fields: image `size`, `patch_size`; the guiding code (`code_len` words
     from `dict_size`, `codeword_dim`-d codewords, `code_dropout` mode); the
-    stage-I ViTs (`width`, `num_heads`, `mlp_dim`, `oracle_depth`,
-    `base_depth`, `oracle_image_ctx`: whether the oracle also sees the
+    stage-I ViTs (`width`, `num_heads`, `mlp_dim`, `oracle_num_layers`,
+    `base_num_layers`, `oracle_image_ctx`: whether the oracle also sees the
     image); the LM (`lm_layers` encoder and decoder blocks, `lm_width`,
     `lm_mlp_dim`); data (`train_examples`, `eval_examples`); schedule
     (`batch_size`, `learning_rate`, and the epochs of the no-code model,
@@ -62,8 +71,8 @@ class DemoConfig:
     width: int = 96
     num_heads: int = 4
     mlp_dim: int = 192
-    oracle_depth: int = 1
-    base_depth: int = 2
+    oracle_num_layers: int = 1
+    base_num_layers: int = 2
     lm_layers: int = 2
     lm_width: int = 96
     lm_mlp_dim: int = 192
@@ -76,13 +85,14 @@ class DemoConfig:
     learning_rate: float = 2e-3
     code_dropout: str = "random"
     oracle_image_ctx: bool = True
+    base_image_ctx: bool = True
     lm_init_from_no_code: bool = False
     base_init_from_no_code: bool = False
 
     def quick(self):
         return dataclasses.replace(
             self, size=32, code_len=16, dict_size=32, width=64, mlp_dim=128,
-            base_depth=1, lm_layers=1, lm_width=64, lm_mlp_dim=128, train_examples=256,
+            base_num_layers=1, lm_layers=1, lm_width=64, lm_mlp_dim=128, train_examples=256,
             eval_examples=32, no_code_epochs=2, stage1_epochs=2, stage2_epochs=2,
         )
 
@@ -110,9 +120,7 @@ def demo_config(task="panoptic", quick=False):
     return config.quick() if quick else config
 
 
-def _check_args(task, seed, out, config):
-    from uvim_keras.data.synthetic import SYNTHETIC_TASKS
-
+def check_args(task, seed, out, config):
     if task not in SYNTHETIC_TASKS:
         raise ValueError(f"task={task!r}; expected one of {sorted(SYNTHETIC_TASKS)}.")
     if not isinstance(seed, int) or seed < 0:
@@ -123,17 +131,16 @@ def _check_args(task, seed, out, config):
             continue
         if value <= 0:
             raise ValueError(f"{field.name}={value!r}; expected a positive value.")
-    from uvim_keras.layers.code_dropout import CODE_DROPOUT_MODES
-
     if config.code_dropout not in CODE_DROPOUT_MODES:
         raise ValueError(f"code_dropout={config.code_dropout!r}; expected one of "
                          f"{CODE_DROPOUT_MODES}.")
     if config.lm_init_from_no_code and (config.lm_layers, config.lm_width, config.lm_mlp_dim) != (
-            config.base_depth, config.width, config.mlp_dim):
+            config.base_num_layers, config.width, config.mlp_dim):
         raise ValueError(
             "lm_init_from_no_code needs the LM's encoder shaped as the base model: "
             f"(lm_layers, lm_width, lm_mlp_dim) = {(config.lm_layers, config.lm_width, config.lm_mlp_dim)}"
-            f" and (base_depth, width, mlp_dim) = {(config.base_depth, config.width, config.mlp_dim)}.")
+            f" and (base_num_layers, width, mlp_dim) = "
+            f"{(config.base_num_layers, config.width, config.mlp_dim)}.")
     try:
         os.makedirs(out, exist_ok=True)
         probe = os.path.join(out, ".write_test")
@@ -144,105 +151,73 @@ def _check_args(task, seed, out, config):
         raise ValueError(f"out={out!r} cannot be written ({e.strerror or e}).") from None
 
 
-def _schedule(config, epochs, train_examples):
-    import keras
-
-    steps = epochs * (train_examples // config.batch_size)
+def optimizer(config, epochs):
+    """Adam with a warm-up + cosine schedule over `epochs` of the recipe's data."""
+    steps = epochs * (config.train_examples // config.batch_size)
     lr = keras.optimizers.schedules.CosineDecay(
         0.0, steps, warmup_target=config.learning_rate, warmup_steps=max(steps // 20, 1),
     )
     return keras.optimizers.Adam(lr, global_clipnorm=1.0)
 
 
-def _make_task(task_name):
-    from uvim_keras.data.synthetic import SYNTHETIC_TASKS
-    from uvim_keras.tasks import get_task
-
+def make_task(task_name):
+    """The task object of the synthetic data `task_name`."""
     return get_task(task_name, **SYNTHETIC_TASKS[task_name]["task_kwargs"])
 
 
-def _stage1(task, config, seed, zero_code=False):
-    import keras
-
-    from uvim_keras import UViMStage1
-
+def build_stage1(task, config, seed, zero_code=False):
+    """The recipe's stage-I model (`zero_code`: the no-code model), seeded."""
     keras.utils.set_random_seed(seed)
     return UViMStage1(
         task, input_size=config.size, patch_size=config.patch_size, code_len=config.code_len,
         dict_size=config.dict_size, codeword_dim=config.codeword_dim, width=config.width,
-        oracle_depth=config.oracle_depth, base_depth=config.base_depth,
+        oracle_num_layers=config.oracle_num_layers, base_num_layers=config.base_num_layers,
         num_heads=config.num_heads, mlp_dim=config.mlp_dim, zero_code=zero_code, seed=seed,
         code_dropout=config.code_dropout, oracle_image_ctx=config.oracle_image_ctx,
+        base_image_ctx=config.base_image_ctx,
     )
 
 
-def _lm(config, seed):
-    import keras
-
-    from uvim_keras import GuidingCodeLM
-
+def build_lm(config, seed, autoregressive=True):
+    """The recipe's guiding-code LM, seeded (`autoregressive=False`: the
+    paper's "no Autoreg." LM)."""
     keras.utils.set_random_seed(seed)
     return GuidingCodeLM(
         input_size=config.size, patch_size=config.patch_size, code_len=config.code_len,
         dict_size=config.dict_size, width=config.lm_width, num_layers=config.lm_layers,
-        num_heads=config.num_heads, mlp_dim=config.lm_mlp_dim,
+        num_heads=config.num_heads, mlp_dim=config.lm_mlp_dim, autoregressive=autoregressive,
     )
 
 
-def _batched(fn, arrays, batch_size):
+def batched(fn, arrays, batch_size):
+    """`fn` over `arrays` ({name: array}) in batches, outputs concatenated."""
     outs = [fn({k: v[i:i + batch_size] for k, v in arrays.items()})
             for i in range(0, len(next(iter(arrays.values()))), batch_size)]
     return np.concatenate(outs, axis=0)
 
 
-def _to_numpy(x):
-    import keras
-
+def to_numpy(x):
     return np.asarray(keras.ops.convert_to_numpy(x))
 
 
-# -- metrics per task -------------------------------------------------------------
-def _evaluate(task_name, task, labels, prediction):
-    if task_name == "panoptic":
-        from uvim_keras.data.synthetic import SYNTHETIC_TASKS
-        from uvim_keras.metrics import PanopticQuality
-
-        pq = PanopticQuality(SYNTHETIC_TASKS["panoptic"]["categories"])
-        pq.update_state(labels, prediction)
-        res = pq.result()
-        return {"PQ": 100 * res["All"]["pq"], "PQ_things": 100 * res["Things"]["pq"],
-                "PQ_stuff": 100 * res["Stuff"]["pq"], "SQ": 100 * res["All"]["sq"],
-                "RQ": 100 * res["All"]["rq"]}
-    if task_name == "depth":
-        from uvim_keras.metrics import DepthMetrics
-
-        m = DepthMetrics(min_depth=task.min_depth, max_depth=task.max_depth)
-        m.update_state(labels[..., 0], prediction)
-        return {k: float(v) for k, v in m.result().items()}
-    err = np.mean((prediction - labels) ** 2)
-    return {"MSE": float(err), "colourfulness": colourfulness(prediction),
-            "colourfulness_ground_truth": colourfulness(labels)}
+# -- metrics and pictures (what the task says) ------------------------------------
+def held_out_metrics(task_name, task, labels, prediction):
+    """The task's metric values ({name: float}, `task.metric_values`) of
+    `prediction` on the demo's held-out `labels` of synthetic `task_name`
+    (whose metric options, e.g. panoptic categories, the dataset gives)."""
+    metric = task.metric(**SYNTHETIC_TASKS[task_name].get("metric_options", {}))
+    task.update_metric(metric, labels, prediction)
+    return task.metric_values(metric.result())
 
 
-def colourfulness(rgb):
-    """Mean over pixels of max - min of the RGB channels (0 for grey)."""
-    return float(np.mean(rgb.max(-1) - rgb.min(-1)))
-
-
-HEADLINE = {"panoptic": ("PQ", "higher"), "depth": ("RMSE", "lower"),
-            "colorization": ("colourfulness", "closer to the ground truth's")}
-
-
-# -- pictures -----------------------------------------------------------------------
 def _figure(path, task_name, task, data, columns, *, seed, metrics, rows=6):
     """The held-out examples: input, truth and each model's output, with the
-    models' scores over their columns and the class legend / depth scale."""
-    from uvim_keras.presets.pictures import demo_figure
-
-    head, better = HEADLINE[task_name]
+    models' scores over their columns and the task's key."""
+    head, better = task.headline_metric
     scores = {name: values[head] for name, values in metrics.items() if name in columns}
-    if task_name == "colorization":
-        scores["truth"] = next(iter(metrics.values()))["colourfulness_ground_truth"]
+    truth = next(iter(metrics.values())).get(f"{head}_ground_truth")
+    if truth is not None:
+        scores["truth"] = truth
     notes = [f"Scores: {head} on all {len(data['image'])} held-out images ({better} is better).",
              "no code: the base model alone; oracle code: the code made from the ground truth; "
              "UViM: the code the language model predicts; T=1 samples: sampled codes."]
@@ -263,16 +238,25 @@ def _clock(seconds):
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-class _Plan:
-    """The training stages of a run, with a running estimate of the time left.
+class Plan:
+    """The training runs of a command, with a running estimate of the time left.
 
-    The estimate takes the measured time per step of the stage under way
-    (from its second epoch on, so compilation does not count) and scales it
-    by `STEP_COST` for the stages still to come; before any epoch has been
-    timed it says nothing."""
+    Args:
+      stages: (name, steps, kind) per training run, in order; `kind` ("no
+        code", "stage I", "stage II") prices its steps (`STEP_COST`). A dict
+        {name: steps} names runs by their kind.
+      say: print-like callable for the progress lines.
+
+    The estimate takes the measured time per step of the run under way (from
+    its second epoch on, so compilation does not count) and scales it by
+    `STEP_COST` for the runs still to come; before any epoch has been timed
+    it says nothing."""
 
     def __init__(self, stages, say):
-        self.steps = dict(stages)  # stage -> training steps
+        if isinstance(stages, dict):
+            stages = [(name, steps, name) for name, steps in stages.items()]
+        self.steps = {name: steps for name, steps, _ in stages}
+        self.kind = {name: kind for name, _, kind in stages}
         self.say = say
         self.start = time.time()
         self.per_unit = None  # seconds per no-code-step equivalent
@@ -282,13 +266,21 @@ class _Plan:
             return None
         names = list(self.steps)
         later = names[names.index(stage) + 1:]
-        units = (self.steps[stage] - steps_done) * STEP_COST[stage]
-        units += sum(self.steps[s] * STEP_COST[s] for s in later)
+        units = (self.steps[stage] - steps_done) * STEP_COST[self.kind[stage]]
+        units += sum(self.steps[s] * STEP_COST[self.kind[s]] for s in later)
         return units * self.per_unit
 
-    def callback(self, stage, epochs):
-        import keras
+    def begin(self, stage):
+        """Says which run starts, with the time elapsed and the estimate of
+        what remains."""
+        names = list(self.steps)
+        left = self.remaining(stage, 0)
+        eta = "" if left is None else f", about {_clock(left)} left"
+        self.say(f"[run {names.index(stage) + 1}/{len(names)}] {stage} "
+                 f"[{_clock(time.time() - self.start)} elapsed{eta}]", flush=True)
 
+    def callback(self, stage, epochs):
+        """A Keras callback printing a progress line after each epoch of `stage`."""
         plan = self
 
         class Progress(keras.callbacks.Callback):
@@ -299,7 +291,7 @@ class _Plan:
                 now = time.time()
                 if self.last_end is not None:  # not the first epoch: it pays the compilation
                     per_step = (now - self.last_end) / max(steps_per_epoch, 1)
-                    plan.per_unit = per_step / STEP_COST[stage]
+                    plan.per_unit = per_step / STEP_COST[plan.kind[stage]]
                 self.last_end = now
                 left = plan.remaining(stage, (epoch + 1) * steps_per_epoch)
                 eta = "" if left is None else f", about {_clock(left)} left"
@@ -314,14 +306,8 @@ class _Plan:
 def run_demo(task="panoptic", out="uvim_demo", seed=0, quick=False, config=None, verbose=1,
              save_models=True):
     """Trains and evaluates the demo; returns the report dict (also written)."""
-    import keras
-
-    from uvim_keras import UViM
-    from uvim_keras.data.synthetic import make_synthetic
-    from uvim_keras.pretrained import init_lm_encoder_from_base_model
-
     config = config or demo_config(task, quick)
-    _check_args(task, seed, out, config)
+    check_args(task, seed, out, config)
     t0 = time.time()
 
     def say(*args, **kwargs):
@@ -335,7 +321,7 @@ def run_demo(task="panoptic", out="uvim_demo", seed=0, quick=False, config=None,
     steps = {name: epochs * (config.train_examples // config.batch_size) for name, epochs in (
         ("no code", config.no_code_epochs), ("stage I", config.stage1_epochs),
         ("stage II", config.stage2_epochs))}
-    plan = _Plan(steps, say)
+    plan = Plan(steps, say)
 
     def fit(model, data, stage, epochs):
         return model.fit(data, batch_size=config.batch_size, epochs=epochs, verbose=0,
@@ -345,48 +331,48 @@ def run_demo(task="panoptic", out="uvim_demo", seed=0, quick=False, config=None,
         f"{task} examples at {config.size}x{config.size}")
     train = make_synthetic(task, config.train_examples, size=config.size, seed=seed)
     held_out = make_synthetic(task, config.eval_examples, size=config.size, seed=seed + 10_000)
-    task_obj = _make_task(task)
+    task_obj = make_task(task)
 
     headline("[2/5] training the base model without a code (the 'no oracle' ablation)")
     t = time.time()
-    baseline = _stage1(task_obj, config, seed, zero_code=True)
-    baseline.compile(optimizer=_schedule(config, config.no_code_epochs, config.train_examples))
+    baseline = build_stage1(task_obj, config, seed, zero_code=True)
+    baseline.compile(optimizer=optimizer(config, config.no_code_epochs))
     fit(baseline, train, "no code", config.no_code_epochs)
     timings["no_code_train_s"] = time.time() - t
 
     headline("[3/5] training stage I: oracle + vector quantizer + code dropout + base model")
     t = time.time()
-    stage1 = _stage1(task_obj, config, seed + 1)
+    stage1 = build_stage1(task_obj, config, seed + 1)
     if config.base_init_from_no_code:
         stage1.base_model.set_weights(baseline.base_model.get_weights())
-    stage1.compile(optimizer=_schedule(config, config.stage1_epochs, config.train_examples))
+    stage1.compile(optimizer=optimizer(config, config.stage1_epochs))
     hist1 = fit(stage1, train, "stage I", config.stage1_epochs)
     timings["stage1_train_s"] = time.time() - t
 
     headline("[4/5] training stage II: the guiding-code LM on the frozen oracle's codes")
     t = time.time()
-    codes = _batched(lambda b: _to_numpy(stage1.encode(b)), train, 256)
-    lm = _lm(config, seed + 2)
+    codes = batched(lambda b: to_numpy(stage1.encode(b)), train, 256)
+    lm = build_lm(config, seed + 2)
     if config.lm_init_from_no_code:
         init_lm_encoder_from_base_model(lm, baseline.base_model)
-    lm.compile(optimizer=_schedule(config, config.stage2_epochs, config.train_examples))
+    lm.compile(optimizer=optimizer(config, config.stage2_epochs))
     hist2 = fit(lm, {"image": train["image"], "codes": codes}, "stage II", config.stage2_epochs)
     timings["stage2_train_s"] = time.time() - t
 
     headline("[5/5] evaluating on the held-out split")
     t = time.time()
     uvim = UViM.from_stage1(lm, stage1)
-    greedy = _batched(lambda b: uvim.predict(b["image"], verbose=0, temperature=0.0), held_out, 64)
+    greedy = batched(lambda b: uvim.predict(b["image"], verbose=0, temperature=0.0), held_out, 64)
     predictions = {
-        "no code": _batched(lambda b: _to_numpy(baseline.predict_outputs(b)), held_out, 64),
-        "oracle code": _batched(lambda b: _to_numpy(stage1.predict_outputs(b)), held_out, 64),
+        "no code": batched(lambda b: to_numpy(baseline.predict_outputs(b)), held_out, 64),
+        "oracle code": batched(lambda b: to_numpy(stage1.predict_outputs(b)), held_out, 64),
         "UViM (T=0)": greedy,
     }
     temperature = uvim.default_temperature
     if temperature > 0:  # colorization: the task samples its code (T=1) by default
         predictions[f"UViM (T={temperature:g})"] = uvim.predict(
             held_out["image"], batch_size=64, verbose=0, temperature=temperature, seed=seed)
-    metrics = {name: _evaluate(task, task_obj, held_out["labels"], p)
+    metrics = {name: held_out_metrics(task, task_obj, held_out["labels"], p)
                for name, p in predictions.items()}
     samples = uvim.sample(held_out["image"][:6], num_samples=2, temperature=1.0, seed=seed)
     timings["evaluate_s"] = time.time() - t
@@ -404,7 +390,8 @@ def run_demo(task="panoptic", out="uvim_demo", seed=0, quick=False, config=None,
         "config": dataclasses.asdict(config),
         "backend": keras.backend.backend(),
         "metrics": metrics,
-        "headline": HEADLINE[task][0],
+        "headline": task_obj.headline_metric[0],
+        "headline_better": task_obj.headline_metric[1],
         "final_train_loss": {"stage1": float(hist1["loss"][-1]), "stage2": float(hist2["loss"][-1])},
         "codebook_zeros_ratio": float(hist1["codebook_zeros_ratio"][-1]),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
@@ -428,7 +415,7 @@ def _markdown(report):
         f"Held-out split, {report['config']['eval_examples']} images at "
         f"{report['config']['size']}x{report['config']['size']}; seed {report['seed']}; "
         f"backend {report['backend']}; total {report['timings_s']['total_s']} s.",
-        f"Headline metric: {head} ({HEADLINE[task][1]} is better).",
+        f"Headline metric: {head} ({report.get('headline_better', 'see the task')} is better).",
         "",
         "| model | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
@@ -443,18 +430,13 @@ def _write_report(out, report):
     task = report["task"]
     for name, text in ((f"{task}_report.json", json.dumps(report, indent=2)),
                        (f"{task}_report.md", _markdown(report))):
-        tmp = os.path.join(out, name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(out, name))
+        write_text_atomic(os.path.join(out, name), text)
 
 
 # -- bundled presets ------------------------------------------------------------------
 def _half_precision_h5(path):
     """Rewrites a Keras .weights.h5 file with its float32 arrays stored as
     float16 (Keras casts them back to the variables' float32 on load)."""
-    from uvim_keras.presets.layout import rewrite_h5_arrays
-
     rewrite_h5_arrays(path, lambda name, data: data.astype(np.float16)
                       if getattr(data, "dtype", None) == np.float32 else data)
 
@@ -465,16 +447,12 @@ def preset_metrics(uvim, task, seed=0, size=64, eval_examples=200):
     (`eval_examples` images, seed `seed + 10000`), predicted with
     `predict(images, batch_size=64, seed=seed)` (the seed matters only when
     sampling); the task's headline metric (and for colorization MSE and the
-    ground truth's colourfulness), rounded to 3 decimals."""
-    from uvim_keras.data.synthetic import make_synthetic
-
+    ground truth's colourfulness), rounded to 3 decimals: the dataset's
+    `card_metrics` (`data.synthetic.SYNTHETIC_TASKS`)."""
     held_out = make_synthetic(task, eval_examples, size=size, seed=seed + 10_000)
     pred = uvim.predict(held_out["image"], batch_size=64, verbose=0, seed=seed)
-    row = _evaluate(task, _make_task(task), held_out["labels"], pred)
-    names = [HEADLINE[task][0]]
-    if task == "colorization":
-        names += ["MSE", "colourfulness_ground_truth"]
-    return {name: round(row[name], 3) for name in names}
+    row = held_out_metrics(task, uvim.task, held_out["labels"], pred)
+    return {name: round(row[name], 3) for name in SYNTHETIC_TASKS[task]["card_metrics"]}
 
 
 def save_demo_preset(out, task, preset_dir, half_precision=True):
@@ -487,11 +465,6 @@ def save_demo_preset(out, task, preset_dir, half_precision=True):
     held-out split (`eval_examples` images, seed + 10000), with
     `predict(images, batch_size=64, seed=run seed)` (the seed only matters
     when sampling). Returns the preset folder."""
-    import keras
-
-    import uvim_keras  # noqa: F401  (registers the classes)
-    from uvim_keras.data.synthetic import SYNTHETIC_TASKS
-
     with open(os.path.join(out, f"{task}_report.json")) as f:
         report = json.load(f)
     uvim = keras.saving.load_model(os.path.join(out, f"{task}_uvim.keras"))
@@ -514,8 +487,6 @@ def save_demo_preset(out, task, preset_dir, half_precision=True):
         metrics=metrics,
     )
     if half_precision:
-        from uvim_keras.presets.layout import record_integrity
-
         for name in ("model.weights.h5", "task.weights.h5"):
             _half_precision_h5(os.path.join(preset_dir, name))
         record_integrity(preset_dir)  # the files just rewritten

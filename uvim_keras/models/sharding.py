@@ -22,7 +22,7 @@ warns).
 
 Single host, all local devices:
 
->>> from uvim_keras.distribution import data_parallel, model_parallel
+>>> from uvim_keras.models.sharding import data_parallel, model_parallel
 >>> keras.distribution.set_distribution(data_parallel())
 >>> # or: 2-way data x 4-way model parallelism on 8 devices
 >>> keras.distribution.set_distribution(model_parallel(shape=(2, 4)))

@@ -20,8 +20,7 @@ import os
 
 import numpy as np
 
-from uvim_keras.models.lm import GuidingCodeLM
-from uvim_keras.models.stage1 import UViMStage1
+from uvim_keras.runtime.registration import registered_class
 from uvim_keras.tasks import ColorizationTask, DepthTask, PanopticTask
 
 
@@ -68,7 +67,7 @@ def stage1_from_big_vision_config(model_config, task=None, task_config=None, **k
                 f"inputs[{key!r}] has {shape[1]} patch pixels; patch_size {patch} has {p}."
             )
     width = c.get("width", 768)
-    return UViMStage1(
+    return registered_class("UViMStage1")(
         task,
         input_size=tuple(c.get("input_size", (256, 256))),
         patch_size=patch,
@@ -76,8 +75,8 @@ def stage1_from_big_vision_config(model_config, task=None, task_config=None, **k
         dict_size=c.get("dict_size", 512),
         codeword_dim=c.get("codeword_dim") or width,
         width=width,
-        oracle_depth=c.get("enc_depth", 6),
-        base_depth=c.get("dec_depth", 6),
+        oracle_num_layers=c.get("enc_depth", 6),
+        base_num_layers=c.get("dec_depth", 6),
         num_heads=c.get("num_heads", 12),
         mlp_dim=c.get("mlp_dim") or 4 * width,
         posemb=c.get("posemb", "learn"),
@@ -87,7 +86,7 @@ def stage1_from_big_vision_config(model_config, task=None, task_config=None, **k
         code_dropout=c.get("code_dropout", "none"),
         dict_momentum=c.get("dict_momentum", 0.995),
         min_count=c.get("min_count", 0.1),
-        dropout=c.get("dropout", 0.0),
+        dropout_rate=c.get("dropout", 0.0),
         zero_code=c.get("zero_decoder_seq", False),
         **kwargs,
     )
@@ -98,7 +97,7 @@ def lm_from_big_vision_config(model_config, **kwargs):
     c = dict(model_config)
     patches = c.get("patches", {})
     patch = tuple(patches.get("size", (16, 16)) if isinstance(patches, dict) else patches)
-    return GuidingCodeLM(
+    return registered_class("GuidingCodeLM")(
         input_size=tuple(c.get("input_size", (256, 256))),
         patch_size=patch,
         code_len=c.get("seq_len", 256),
@@ -108,7 +107,7 @@ def lm_from_big_vision_config(model_config, **kwargs):
         num_heads=c.get("num_heads", 8),
         mlp_dim=c.get("mlp_dim", 2048),
         posemb=c.get("posemb_type", "sincos2d"),
-        dropout=c.get("dropout_rate", 0.0),
+        dropout_rate=c.get("dropout_rate", 0.0),
         **kwargs,
     )
 
@@ -142,7 +141,7 @@ class BigVisionLayout:
         return np.transpose(np.asarray(self.variable.numpy()))
 
 
-def _dense(prefix, layer, transposed=False):
+def dense_map(prefix, layer, transposed=False):
     kernel = BigVisionLayout(layer.kernel) if transposed else layer.kernel
     return {f"{prefix}/kernel": kernel, f"{prefix}/bias": layer.bias}
 
@@ -163,11 +162,11 @@ def _attention(prefix, att):
 
 
 def _mlp(prefix, mlp):
-    return {**_dense(f"{prefix}/Dense_0", mlp.dense_0, transposed=True),
-            **_dense(f"{prefix}/Dense_1", mlp.dense_1, transposed=True)}
+    return {**dense_map(f"{prefix}/Dense_0", mlp.dense_0, transposed=True),
+            **dense_map(f"{prefix}/Dense_1", mlp.dense_1, transposed=True)}
 
 
-def _vit_encoder(prefix, encoder):
+def vit_encoder_map(prefix, encoder):
     out = _norm(f"{prefix}/encoder_norm", encoder.final_norm)
     for i, blk in enumerate(encoder.blocks):
         p = f"{prefix}/encoderblock_{i}"
@@ -179,7 +178,7 @@ def _vit_encoder(prefix, encoder):
 
 
 def _posemb(name, posemb):
-    return {name: posemb.embedding} if posemb.kind == "learn" else {}
+    return {name: posemb.embedding} if posemb.posemb == "learn" else {}
 
 
 def stage1_variable_map(model):
@@ -187,24 +186,24 @@ def stage1_variable_map(model):
     oracle, base = model.oracle, model.base_model
     out = {}
     for key, stem in zip(oracle.label_channels, oracle.stems):
-        out.update(_dense(f"params/embedding_{key}", stem))
+        out.update(dense_map(f"params/embedding_{key}", stem))
     if oracle.image_embedding is not None:
-        out.update(_dense("params/ctx_enc_embedding", oracle.image_embedding.conv))
+        out.update(dense_map("params/ctx_enc_embedding", oracle.image_embedding.conv))
     out.update(_posemb("params/pos_embedding_encoder", oracle.position_embedding))
-    out.update(_vit_encoder("params/encoder", oracle.encoder))
+    out.update(vit_encoder_map("params/encoder", oracle.encoder))
     if not oracle.bottleneck_resize:
         out["params/bottleneck_downsample"] = oracle.bottleneck.matrix
         out["params/bottleneck_upsample"] = base.unbottleneck.matrix
-    out.update(_dense("params/encoder_head", oracle.head))
+    out.update(dense_map("params/encoder_head", oracle.head))
     out["state/dictionary"] = model.quantizer.dictionary
     out["state/counts"] = model.quantizer.counts
-    out.update(_dense("params/decoder_stem", base.stem))
+    out.update(dense_map("params/decoder_stem", base.stem))
     if base.image_embedding is not None:
-        out.update(_dense("params/ctx_dec_embedding", base.image_embedding.conv))
+        out.update(dense_map("params/ctx_dec_embedding", base.image_embedding.conv))
     out.update(_posemb("params/pos_embedding_decoder", base.position_embedding))
-    out.update(_vit_encoder("params/decoder", base.encoder))
+    out.update(vit_encoder_map("params/decoder", base.encoder))
     for key, head in zip(base.label_channels, base.heads):
-        out.update(_dense(f"params/head_{key}", head))
+        out.update(dense_map(f"params/head_{key}", head))
     return out
 
 
@@ -214,9 +213,9 @@ def lm_variable_map(lm):
         raise ValueError(
             "lm has autoregressive=False; big_vision's checkpoints (and their variable "
             "names) exist for the autoregressive guiding-code LM only.")
-    out = _dense("params/EmbedPatches", lm.image_embedding.conv)
+    out = dense_map("params/EmbedPatches", lm.image_embedding.conv)
     out.update(_posemb("params/pos_embedding_encoder", lm.encoder_posemb))
-    out.update(_vit_encoder("params/encoder", lm.encoder))
+    out.update(vit_encoder_map("params/encoder", lm.encoder))
     out["params/decoder/EmbedTargets/embedding"] = lm.token_embedding.embeddings
     out.update(_posemb("params/pos_embedding_decoder", lm.decoder_posemb))
     for i, blk in enumerate(lm.decoder_blocks):
@@ -227,14 +226,14 @@ def lm_variable_map(lm):
         out.update(_attention(f"{p}/CrossAttn", blk.cross_attention))
         out.update(_mlp(f"{p}/MLP", blk.mlp))
     out.update(_norm("params/decoder/LayerNorm", lm.decoder_norm))
-    out.update(_dense("params/decoder/LogitsDense", lm.logits_dense))
+    out.update(dense_map("params/decoder/LogitsDense", lm.logits_dense))
     return out
 
 
 def variable_map(model):
-    if isinstance(model, UViMStage1):
+    if isinstance(model, registered_class("UViMStage1")):
         return stage1_variable_map(model)
-    if isinstance(model, GuidingCodeLM):
+    if isinstance(model, registered_class("GuidingCodeLM")):
         return lm_variable_map(model)
     raise TypeError(f"no big_vision layout for {type(model).__name__}.")
 
@@ -251,7 +250,7 @@ def _normalise_name(name, stage1):
     return name
 
 
-def _stored_shape(source, key):
+def stored_shape(source, key):
     """Shape of one array without reading it when `source` is an `.npz`."""
     if isinstance(source, np.lib.npyio.NpzFile):
         with source.zip.open(key + ".npy") as f:
@@ -294,7 +293,7 @@ def load_big_vision_weights(model, checkpoint):
     missing, unexpected and mis-shaped names. Arrays are read and assigned one
     at a time, so peak memory stays near one copy of the weights plus the model.
     """
-    stage1 = isinstance(model, UViMStage1)
+    stage1 = isinstance(model, registered_class("UViMStage1"))
     targets = variable_map(model)
     if isinstance(checkpoint, (str, os.PathLike)):
         if not os.path.exists(checkpoint):
@@ -312,7 +311,7 @@ def load_big_vision_weights(model, checkpoint):
     unexpected = sorted(set(names) - set(targets))
     wrong = []
     for name in sorted(set(targets) & set(names)):
-        shape = _stored_shape(source, names[name])
+        shape = stored_shape(source, names[name])
         if shape != tuple(targets[name].shape):
             wrong.append(f"{name}: checkpoint {shape}, model {tuple(targets[name].shape)}")
     if missing or unexpected or wrong:

@@ -10,7 +10,7 @@ Errors are reported on one line by `cli.main`: a bad argument value
 at run time (unknown preset, missing or unreadable image or checkpoint,
 files of the wrong task, a damaged preset folder, an output that cannot be
 written, ...) with exit status 1. Each message names the file or argument:
-`predict` checks its images (`presets.images.read_image`), the output folder
+`predict` checks its images (`data.images.read_image`), the output folder
 (`prepare_output_folder`) and a local preset folder's files
 (`presets.folder_checks.check_preset_folder`) before it loads the model, and
 wraps what the loader raises (`_load_uvim`); `convert` checks its paths and
@@ -223,6 +223,7 @@ def _name_inputs(error, inputs, out):
 
 
 def convert_command(args):
+    import uvim_keras.models  # noqa: F401  (registers the classes the converter builds)
     from uvim_keras.presets import cache, registry
     from uvim_keras.presets.conversion import convert_to_preset
 
@@ -503,7 +504,7 @@ def predict_command(args):
     import numpy as np
 
     _check_predict_args(args)
-    from uvim_keras.presets.images import read_image
+    from uvim_keras.data.images import read_image
 
     raw = [read_image(p) for p in args.images]  # fail on bad images before loading a model
     names = output_names(args.images, args.out)
@@ -517,20 +518,18 @@ def predict_command(args):
 
 
 def _predict(args, uvim, raw, names, np):
-    from uvim_keras.presets.conversion import task_name
-    from uvim_keras.presets.images import OUTPUT_RESIZE, prepare_image, resize_prediction, shown_input
-    from uvim_keras.presets.pictures import picture
+    from uvim_keras.data.images import prepare_image, resize_prediction, shown_input
+    from uvim_keras.visualize.figures import picture
 
-    task = task_name(uvim.task)
-    grey = task == "colorization"
+    task = uvim.task.name
+    grey = uvim.task.grey_input
     size = tuple(int(n) for n in uvim.input_size)
-    resize_back = task in OUTPUT_RESIZE
+    resize_back = uvim.task.output_resize is not None
     temperature = uvim.default_temperature if args.temperature is None else args.temperature
-    config = uvim.task.get_config()
     if resize_back:
         print(f"model input size {size[0]}x{size[1]}: each image is resized to it and its "
               f"output is resized back to the image's own height and width "
-              f"({OUTPUT_RESIZE[task][0]} interpolation)")
+              f"({uvim.task.output_resize[0]} interpolation)")
     else:
         print(f"model input size {size[0]}x{size[1]}: outputs of task {task!r} are written "
               "at that size")
@@ -544,7 +543,7 @@ def _predict(args, uvim, raw, names, np):
             stem, renamed = names[start + i]
             original = tuple(img.shape[:2])
             if resize_back:
-                prediction = resize_prediction(np.asarray(out[i]), original, task)
+                prediction = resize_prediction(np.asarray(out[i]), original, uvim.task)
                 shown = shown_input(img, grey)
             else:
                 prediction = np.asarray(out[i])
@@ -557,7 +556,7 @@ def _predict(args, uvim, raw, names, np):
                 seed=np.int64(seed if seed is not None else -1),
                 task=np.array(task), preset=np.array(str(args.preset)),
             )
-            image = picture(task, shown, list(prediction), task_config=config)
+            image = picture(uvim.task, shown, list(prediction))
             done = []
             try:
                 write_atomically(npz_path, lambda f: np.savez_compressed(f, **arrays))
@@ -622,7 +621,7 @@ def _own_error(error):
 
     own = (PresetError, DownloadError, InputError)
     try:
-        from uvim_keras.convert import ConversionError
+        from uvim_keras.checkpoints.big_vision import ConversionError
 
         own += (ConversionError,)
     except ImportError:  # pragma: no cover
