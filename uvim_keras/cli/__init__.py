@@ -37,44 +37,52 @@ def version():
         return "unknown (not installed)"
 
 
+def _prepare_training(args, config, seeds):
+    """Checks a training command's values (a bad one is a usage error, exit
+    status 2) and, for long runs, keeps the step buffers mapped (host_memory)."""
+    from uvim_keras.cli.demo import check_args
+    from uvim_keras.cli.presets import CommandError
+
+    try:
+        for seed in seeds:
+            check_args(args.task, seed, args.out, config)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    if not args.quick:
+        from uvim_keras.runtime.host_memory import reuse_host_memory
+
+        reuse_host_memory()
+
+
 def _demo(args):
     import dataclasses
 
-    from uvim_keras.cli.presets import CommandError
-    from uvim_keras.cli.demo import check_args, demo_config, run_demo
+    from uvim_keras.cli.demo import demo_config, run_demo
 
     config = demo_config(args.task, args.quick)
     overrides = {k: getattr(args, k) for k in _DEMO_OVERRIDES if getattr(args, k) is not None}
     config = dataclasses.replace(config, **overrides)
-    try:  # bad argument values are usage errors (exit status 2)
-        check_args(args.task, args.seed, args.out, config)
-    except ValueError as e:
-        raise CommandError(str(e)) from None
-    if not args.quick:  # long training runs: keep the step buffers mapped (host_memory)
-        from uvim_keras.runtime.host_memory import reuse_host_memory
-
-        reuse_host_memory()
+    _prepare_training(args, config, [args.seed])
     run_demo(task=args.task, out=args.out, seed=args.seed, quick=args.quick, config=config,
              verbose=0 if args.quiet else 1)
 
 
 def _ablate(args):
     from uvim_keras.cli.ablate import ablation_config, run_ablations
-    from uvim_keras.cli.demo import check_args
-    from uvim_keras.cli.presets import CommandError
 
     config = ablation_config(args.task, args.quick)
-    try:  # bad argument values are usage errors (exit status 2)
-        for seed in args.seeds:
-            check_args(args.task, seed, args.out, config)
-    except ValueError as e:
-        raise CommandError(str(e)) from None
-    if not args.quick:  # long training runs: keep the step buffers mapped (host_memory)
-        from uvim_keras.runtime.host_memory import reuse_host_memory
-
-        reuse_host_memory()
+    _prepare_training(args, config, args.seeds)
     run_ablations(task=args.task, out=args.out, seeds=args.seeds, quick=args.quick,
                   config=config, verbose=0 if args.quiet else 1)
+
+
+def _training_arguments(parser, out, quick):
+    """The options the training commands share: --task, --quick, --out, --quiet."""
+    parser.add_argument("--task", default="panoptic", choices=_DEMO_TASKS,
+                        help="the task to train (default: panoptic)")
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--out", default=out, help=f"output folder (default: {out})")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -118,14 +126,9 @@ def build_parser():
         "(no code < UViM < oracle code, as in the paper) and writes the report, figures and "
         "a preset of the UViM to --out.",
     )
-    demo.add_argument("--task", default="panoptic", choices=_DEMO_TASKS,
-                      help="the task to train (default: panoptic)")
-    demo.add_argument("--quick", action="store_true",
-                      help="a smoke run of about a minute (tiny data and models)")
+    _training_arguments(demo, "uvim_demo", "a smoke run of about a minute (tiny data and models)")
     demo.add_argument("--seed", type=int, default=0,
                       help="seed of the data, the initial weights and sampling (default: 0)")
-    demo.add_argument("--out", default="uvim_demo", help="output folder (default: uvim_demo)")
-    demo.add_argument("--quiet", action="store_true", help="no progress output")
     for name in _DEMO_OVERRIDES:
         demo.add_argument("--" + name.replace("_", "-"), type=int, default=None,
                           help=f"override the recipe's {name}")
@@ -140,15 +143,10 @@ def build_parser():
         "stage I (oracle code) and stage II (UViM) on the held-out split and writes "
         "ablations.json, ablations.md (the table beside the paper's) and a figure to --out.",
     )
-    ablate.add_argument("--task", default="panoptic", choices=_DEMO_TASKS,
-                        help="the task (default: panoptic)")
-    ablate.add_argument("--quick", action="store_true",
-                        help="a smoke run of a few minutes (tiny data and models)")
+    _training_arguments(ablate, "uvim_ablations",
+                        "a smoke run of a few minutes (tiny data and models)")
     ablate.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED",
                         help="the seeds to run (default: 0 1 2)")
-    ablate.add_argument("--out", default="uvim_ablations",
-                        help="output folder (default: uvim_ablations)")
-    ablate.add_argument("--quiet", action="store_true", help="no progress output")
     ablate.set_defaults(func=_ablate)
     add_subcommands(sub)
     for command in sub.choices.values():  # also after the command (default: the parser's)
