@@ -603,3 +603,18 @@ def test_upload_to_kaggle_goes_through_keras_hub(tmp_path, tiny_uvim, monkeypatc
     uvim_keras.upload_preset("kaggle://me/uvim/keras/tiny", str(tmp_path / "s1"))
     assert calls and calls[0][0] == "me/uvim/keras/tiny"
     assert {"config.json", "model.weights.h5", "README.md"} <= set(calls[0][1])
+
+
+def test_atomic_writes_get_the_modes_open_would_give(tmp_path):
+    """Preset files and reports written atomically are readable by others as
+    with open() (tempfile.mkstemp alone would leave them 0600)."""
+    from uvim_keras.presets.layout import write_json_atomic, write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(str(tmp_path / "a.json"), {"a": 1})
+        write_text_atomic(str(tmp_path / "b.md"), "b")
+    finally:
+        os.umask(old)
+    for name in ("a.json", "b.md"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
