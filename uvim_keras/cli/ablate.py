@@ -26,7 +26,6 @@ base model with the oracle's code, UViM).
 """
 
 import dataclasses
-import json
 import os
 import time
 
@@ -34,8 +33,8 @@ import keras
 import numpy as np
 
 from uvim_keras.cli import demo
-from uvim_keras.checkpoints.pretrained_vit import init_lm_encoder_from_base_model
 from uvim_keras.data.synthetic import make_synthetic
+from uvim_keras.metrics.host import to_numpy
 from uvim_keras.models import UViM
 from uvim_keras.presets.layout import write_json_atomic, write_text_atomic
 from uvim_keras.visualize.figures import demo_figure
@@ -51,7 +50,7 @@ PAPER = {
         "default": 43.7, "from_scratch": 41.4, "no_dropout": 42.2, "no_oracle": None,
         "no_autoregression": 33.3, "no_image": 39.1}},
     "depth": {"metric": "RMSE", "stage1": {}, "stage2": {
-        "default": 0.47, "no_autoregression": 0.55}},
+        "default": 0.47, "no_oracle": None, "no_autoregression": 0.55}},
 }
 
 #: Stage-I models: {name: DemoConfig changes}.
@@ -96,40 +95,32 @@ def _run_seed(task, config, seed, train, held_out, plan, say):
     task_obj = demo.make_task(task)
     predict = {}
 
-    def fit(model, data, stage, epochs):
-        plan.begin(stage)
-        return model.fit(data, batch_size=config.batch_size, epochs=epochs, verbose=0,
-                         shuffle=True, callbacks=[plan.callback(stage, epochs)]).history
-
     def outputs(model):
-        return demo.batched(lambda b: demo.to_numpy(model.predict_outputs(b)), held_out, 64)
+        return demo.batched(lambda b: to_numpy(model.predict_outputs(b)), held_out, 64)
 
-    baseline = demo.build_stage1(task_obj, config, seed, zero_code=True)
-    baseline.compile(optimizer=demo.optimizer(config, config.no_code_epochs))
-    fit(baseline, train, f"seed {seed}: no code", config.no_code_epochs)
+    stage = f"seed {seed}: no code"
+    plan.begin(stage)
+    baseline = demo.train_no_code(task_obj, config, seed, train, plan, stage)
     predict["no_code"] = outputs(baseline)
 
-    stage1_models = {}
+    stage1_models, codes = {}, {}
     for name, changes in STAGE1_VARIANTS.items():
-        variant = dataclasses.replace(config, **changes)
-        stage1 = demo.build_stage1(task_obj, variant, seed + 1)
-        if config.base_init_from_no_code and variant.base_image_ctx:
-            stage1.base_model.set_weights(baseline.base_model.get_weights())
-        stage1.compile(optimizer=demo.optimizer(config, config.stage1_epochs))
-        fit(stage1, train, f"seed {seed}: stage I {name}", config.stage1_epochs)
-        stage1_models[name] = stage1
-        predict[f"stage1 {name}"] = outputs(stage1)
+        stage = f"seed {seed}: stage I {name}"
+        plan.begin(stage)
+        stage1_models[name], _ = demo.train_stage1(
+            task_obj, dataclasses.replace(config, **changes), seed, train, plan, baseline, stage)
+        predict[f"stage1 {name}"] = outputs(stage1_models[name])
 
     temperature = task_obj.default_temperature
     for column, (stage1_name, init, autoregressive) in LM_VARIANTS.items():
         stage1 = stage1_models[stage1_name]
-        codes = demo.batched(lambda b: demo.to_numpy(stage1.encode(b)), train, 256)
-        lm = demo.build_lm(config, seed + 2, autoregressive=autoregressive)
-        if init:
-            init_lm_encoder_from_base_model(lm, baseline.base_model)
-        lm.compile(optimizer=demo.optimizer(config, config.stage2_epochs))
-        fit(lm, {"image": train["image"], "codes": codes}, f"seed {seed}: stage II {column}",
-            config.stage2_epochs)
+        if stage1_name not in codes:  # (columns sharing a stage I share its codes)
+            codes[stage1_name] = demo.oracle_codes(stage1, train)
+        stage = f"seed {seed}: stage II {column}"
+        plan.begin(stage)
+        lm, _ = demo.train_lm(dataclasses.replace(config, lm_init_from_no_code=init), seed,
+                              train["image"], codes[stage1_name], plan, baseline, stage,
+                              autoregressive=autoregressive)
         uvim = UViM.from_stage1(lm, stage1)
         predict[f"stage2 {column}"] = uvim.predict(held_out["image"], batch_size=64, verbose=0,
                                                    temperature=temperature, seed=seed)
@@ -139,13 +130,10 @@ def _run_seed(task, config, seed, train, held_out, plan, say):
         values = demo.held_out_metrics(task, task_obj, held_out["labels"], prediction)
         return values[task_obj.headline_metric[0]]
 
-    stage1_of = {"default": "default", "from_scratch": "default", "no_autoregression": "default",
-                 "no_dropout": "no_dropout", "no_image": "no_image"}
     row = {"no_oracle": {"stage1": score(predict["no_code"]), "stage2": None}}
-    for column in COLUMNS:
-        if column != "no_oracle":
-            row[column] = {"stage1": score(predict[f"stage1 {stage1_of[column]}"]),
-                           "stage2": score(predict[f"stage2 {column}"])}
+    for column, (stage1_name, _, _) in LM_VARIANTS.items():
+        row[column] = {"stage1": score(predict[f"stage1 {stage1_name}"]),
+                       "stage2": score(predict[f"stage2 {column}"])}
     figure_columns = {"base model only": predict["no_code"],
                       "base model + oracle code": predict["stage1 default"],
                       "UViM": predict["stage2 default"]}
@@ -196,10 +184,9 @@ def markdown(report):
         lines += ["", f"The paper (Table 2, {paper['metric']}; real data at full size):", "",
                   head, rule]
         for stage, name in (("stage1", "stage I (oracle code)"), ("stage2", "stage II (UViM)")):
-            values = [paper[stage].get(c) for c in COLUMNS]
+            cells = [paper[stage].get(c, "") for c in COLUMNS]  # None: does not apply
             lines.append(f"| {name} | " + " | ".join(
-                "n/a" if v is None and c == "no_oracle" and stage == "stage2" else
-                ("" if v is None else f"{v}") for c, v in zip(COLUMNS, values)) + " |")
+                "n/a" if v is None else str(v) for v in cells) + " |")
     lines += ["", f"![examples]({report['figure']})", ""]
     return "\n".join(lines)
 
@@ -222,7 +209,6 @@ def run_ablations(task="panoptic", out="uvim_ablations", seeds=(0, 1, 2), quick=
     seeds = tuple(int(s) for s in seeds)
     if not seeds:
         raise ValueError("seeds=(); expected at least one seed.")
-    demo.check_args(task, seeds[0], out, config)
     for seed in seeds:
         demo.check_args(task, seed, out, config)
     if not config.lm_init_from_no_code:

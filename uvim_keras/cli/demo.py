@@ -26,6 +26,7 @@ import uvim_keras  # noqa: F401  (registers the model classes .keras files name)
 from uvim_keras.checkpoints.pretrained_vit import init_lm_encoder_from_base_model
 from uvim_keras.data.synthetic import SYNTHETIC_TASKS, make_synthetic
 from uvim_keras.layers.code_dropout import CODE_DROPOUT_MODES
+from uvim_keras.metrics.host import to_numpy
 from uvim_keras.models import GuidingCodeLM, UViM, UViMStage1
 from uvim_keras.presets.layout import record_integrity, rewrite_h5_arrays, write_text_atomic
 from uvim_keras.tasks import get_task
@@ -196,8 +197,39 @@ def batched(fn, arrays, batch_size):
     return np.concatenate(outs, axis=0)
 
 
-def to_numpy(x):
-    return np.asarray(keras.ops.convert_to_numpy(x))
+def train_no_code(task, config, seed, train, plan, stage="no code"):
+    """The base model without a code (the paper's "no oracle"), trained."""
+    baseline = build_stage1(task, config, seed, zero_code=True)
+    baseline.compile(optimizer=optimizer(config, config.no_code_epochs))
+    plan.fit(baseline, train, stage, config.no_code_epochs, config.batch_size)
+    return baseline
+
+
+def train_stage1(task, config, seed, train, plan, baseline, stage="stage I"):
+    """(stage-I model, its fit history), seeded `seed + 1`; its base model
+    starts from `baseline`'s when the recipe says so and both see the image."""
+    stage1 = build_stage1(task, config, seed + 1)
+    if config.base_init_from_no_code and config.base_image_ctx:
+        stage1.base_model.set_weights(baseline.base_model.get_weights())
+    stage1.compile(optimizer=optimizer(config, config.stage1_epochs))
+    return stage1, plan.fit(stage1, train, stage, config.stage1_epochs, config.batch_size)
+
+
+def oracle_codes(stage1, data):
+    """The oracle's guiding codes of `data` ({"image", "labels"})."""
+    return batched(lambda b: to_numpy(stage1.encode(b)), data, 256)
+
+
+def train_lm(config, seed, images, codes, plan, baseline, stage="stage II", autoregressive=True):
+    """(guiding-code LM, its fit history), seeded `seed + 2`, trained on
+    (images, codes); its encoder starts from `baseline`'s base model when
+    the recipe says so (`lm_init_from_no_code`)."""
+    lm = build_lm(config, seed + 2, autoregressive=autoregressive)
+    if config.lm_init_from_no_code:
+        init_lm_encoder_from_base_model(lm, baseline.base_model)
+    lm.compile(optimizer=optimizer(config, config.stage2_epochs))
+    return lm, plan.fit(lm, {"image": images, "codes": codes}, stage, config.stage2_epochs,
+                        config.batch_size)
 
 
 # -- metrics and pictures (what the task says) ------------------------------------
@@ -279,6 +311,11 @@ class Plan:
         self.say(f"[run {names.index(stage) + 1}/{len(names)}] {stage} "
                  f"[{_clock(time.time() - self.start)} elapsed{eta}]", flush=True)
 
+    def fit(self, model, data, stage, epochs, batch_size):
+        """`model.fit` of run `stage` with its progress lines; the history."""
+        return model.fit(data, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True,
+                         callbacks=[self.callback(stage, epochs)]).history
+
     def callback(self, stage, epochs):
         """A Keras callback printing a progress line after each epoch of `stage`."""
         plan = self
@@ -323,10 +360,6 @@ def run_demo(task="panoptic", out="uvim_demo", seed=0, quick=False, config=None,
         ("stage II", config.stage2_epochs))}
     plan = Plan(steps, say)
 
-    def fit(model, data, stage, epochs):
-        return model.fit(data, batch_size=config.batch_size, epochs=epochs, verbose=0,
-                         shuffle=True, callbacks=[plan.callback(stage, epochs)]).history
-
     say(f"[1/5] generating {config.train_examples} + {config.eval_examples} synthetic "
         f"{task} examples at {config.size}x{config.size}")
     train = make_synthetic(task, config.train_examples, size=config.size, seed=seed)
@@ -335,28 +368,18 @@ def run_demo(task="panoptic", out="uvim_demo", seed=0, quick=False, config=None,
 
     headline("[2/5] training the base model without a code (the 'no oracle' ablation)")
     t = time.time()
-    baseline = build_stage1(task_obj, config, seed, zero_code=True)
-    baseline.compile(optimizer=optimizer(config, config.no_code_epochs))
-    fit(baseline, train, "no code", config.no_code_epochs)
+    baseline = train_no_code(task_obj, config, seed, train, plan)
     timings["no_code_train_s"] = time.time() - t
 
     headline("[3/5] training stage I: oracle + vector quantizer + code dropout + base model")
     t = time.time()
-    stage1 = build_stage1(task_obj, config, seed + 1)
-    if config.base_init_from_no_code:
-        stage1.base_model.set_weights(baseline.base_model.get_weights())
-    stage1.compile(optimizer=optimizer(config, config.stage1_epochs))
-    hist1 = fit(stage1, train, "stage I", config.stage1_epochs)
+    stage1, hist1 = train_stage1(task_obj, config, seed, train, plan, baseline)
     timings["stage1_train_s"] = time.time() - t
 
     headline("[4/5] training stage II: the guiding-code LM on the frozen oracle's codes")
     t = time.time()
-    codes = batched(lambda b: to_numpy(stage1.encode(b)), train, 256)
-    lm = build_lm(config, seed + 2)
-    if config.lm_init_from_no_code:
-        init_lm_encoder_from_base_model(lm, baseline.base_model)
-    lm.compile(optimizer=optimizer(config, config.stage2_epochs))
-    hist2 = fit(lm, {"image": train["image"], "codes": codes}, "stage II", config.stage2_epochs)
+    lm, hist2 = train_lm(config, seed, train["image"], oracle_codes(stage1, train), plan,
+                         baseline)
     timings["stage2_train_s"] = time.time() - t
 
     headline("[5/5] evaluating on the held-out split")

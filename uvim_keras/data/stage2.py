@@ -38,6 +38,7 @@ from keras import ops
 
 from uvim_keras.models.lm import GuidingCodeLM
 from uvim_keras.models.stage1 import UViMStage1
+from uvim_keras.metrics.host import to_numpy
 from uvim_keras.runtime.backend import compile_stateless
 
 INDEX_FILE = "index.json"
@@ -158,10 +159,6 @@ class Stage2Model(keras.Model):
 
 
 # -- precomputed codes -----------------------------------------------------------
-def _to_numpy(x):
-    return np.asarray(keras.ops.convert_to_numpy(x))
-
-
 _ENCODERS = weakref.WeakKeyDictionary()
 
 
@@ -238,7 +235,7 @@ def precompute_codes(stage1, dataset, directory=None, keep=("image",), shard_siz
         if missing:
             raise ValueError(f"batch has no key(s) {missing} to keep (keys {sorted(batch)}).")
         inputs = oracle_inputs(stage1, batch)
-        codes = _to_numpy(encode(inputs["image"], inputs["labels"])).astype(np.int32)
+        codes = to_numpy(encode(inputs["image"], inputs["labels"])).astype(np.int32)
         part = {k: np.asarray(batch[k]) for k in keep}
         part["codes"] = codes
         if directory is None:
