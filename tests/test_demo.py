@@ -1,5 +1,6 @@
 """The built-in default: `uvim-keras demo --quick` end to end, and its errors."""
 
+import dataclasses
 import json
 import os
 import sys
@@ -61,3 +62,33 @@ def test_demo_task_choices_are_the_synthetic_tasks():
     from uvim_keras.data.synthetic import SYNTHETIC_TASKS
 
     assert sorted(_DEMO_TASKS) == sorted(SYNTHETIC_TASKS)
+
+
+def test_demo_recipes_change_the_papers_only_where_documented():
+    """The demo's recipes are the paper's in miniature (what `ablate`
+    varies) but for the time-budget changes TASK_CONFIGS documents."""
+    from uvim_keras.cli import demo
+    from uvim_keras.cli.ablate import ablation_config
+
+    for task in demo.PAPER_CONFIGS:
+        paper, ours = demo.paper_config(task), demo.demo_config(task)
+        changed = {f.name for f in dataclasses.fields(paper)
+                   if getattr(paper, f.name) != getattr(ours, f.name)}
+        expected = {"panoptic": {"code_dropout", "stage1_epochs", "lm_layers"},
+                    "depth": {"stage1_epochs", "stage2_epochs"}}.get(task, set())
+        assert changed == expected, (task, changed)
+        assert ablation_config(task).code_dropout == "random"
+    assert demo.demo_config("panoptic").code_dropout == "none"
+
+
+def test_progress_estimate_prices_the_lm_by_its_depth():
+    from uvim_keras.cli import demo
+
+    one, two = (demo.step_costs(dataclasses.replace(demo.DEFAULT_CONFIG, lm_layers=n))
+                for n in (1, 2))
+    assert two["stage II"] == 2 * one["stage II"] and two["stage I"] == one["stage I"]
+    lines = []
+    plan = demo.Plan({"no code": 10, "stage II": 10}, lines.append, costs=one)
+    plan.per_unit = 1.0  # one second per no-code step
+    assert plan.remaining("no code", 0) == 10 + 10 * one["stage II"]
+

@@ -118,20 +118,24 @@ def test_dropout_layer_and_rate_attributes():
         assert isinstance(layer.dropout, keras.layers.Dropout) and layer.dropout.rate == 0.25
 
 
-def test_bundled_preset_with_old_names_loads_without_warnings():
-    """weights/shapes_panoptic was saved with the old names (config.json and
-    task.json): it loads as it is, silently, and reports the new names."""
-    from uvim_keras import UViM
-    from uvim_keras.presets.bundled import BUNDLED_DIR
+def test_preset_with_old_names_loads_without_warnings(tmp_path):
+    """A preset saved with the old names (config.json and task.json: the
+    weights-layout-2 fixture, saved before the rename) loads as it is,
+    silently, and reports the new names."""
+    import shutil
 
-    folder = BUNDLED_DIR / "shapes_panoptic"
-    if not folder.is_dir():
-        pytest.skip("no bundled preset")
+    from common import LAYOUT2
+    from uvim_keras import UViM
+    from uvim_keras.presets import upgrade_weights_layout
+
+    folder = tmp_path / "old_names"
+    shutil.copytree(LAYOUT2 / "preset", folder)
+    upgrade_weights_layout(folder)  # the weights' layout; the names stay
     saved = json.loads((folder / "config.json").read_text())["config"]
     assert {"oracle_depth", "base_depth", "dropout"} <= set(saved)  # written before the rename
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
-        uvim = UViM.from_preset("shapes_panoptic")
+        uvim = UViM.from_preset(str(folder))
     config = uvim.stage1.get_config()
     assert (config["oracle_num_layers"], config["base_num_layers"]) == (
         saved["oracle_depth"], saved["base_depth"])
@@ -141,4 +145,4 @@ def test_bundled_preset_with_old_names_loads_without_warnings():
     # Only Python names changed: the variable paths are the old ones.
     paths = {v.path for v in uvim.stage1.weights}
     assert "oracle/transformer/block_0/attention/query/kernel" in paths
-    assert "base_model/transformer/block_1/mlp/dense_0/kernel" in paths
+    assert "base_model/transformer/block_0/mlp/dense_0/kernel" in paths

@@ -4,8 +4,9 @@ Each column of Table 2 changes one thing of the default UViM, measured on
 the demo's synthetic data (held-out split) as stage I (the base model with
 the oracle's code) and stage II (UViM: the LM's greedy code):
 
-* `default`: the demo's recipe, the LM's image encoder started from the
-  trained no-code model (the paper starts it from a pretrained ViT);
+* `default`: the paper's recipe in miniature (`demo.PAPER_CONFIGS`: code
+  dropout on, unlike the demo's panoptic recipe), the LM's image encoder
+  started from the trained no-code model (the paper starts it from a pretrained ViT);
 * `from_scratch`: the LM's encoder not started from the no-code model;
 * `no_dropout`: stage I trained without code dropout;
 * `no_oracle`: the base model alone (no code; stage II does not apply);
@@ -70,9 +71,10 @@ LM_VARIANTS = {
 
 
 def ablation_config(task="panoptic", quick=False):
-    """The demo's recipe of `task` with the LM's encoder shaped as the base
-    model (so `default` can start it from the no-code model)."""
-    config = demo.demo_config(task, quick)
+    """The paper's recipe in miniature of `task` (`demo.paper_config`) with
+    the LM's encoder shaped as the base model (so `default` can start it
+    from the no-code model)."""
+    config = demo.paper_config(task, quick)
     return dataclasses.replace(config, lm_layers=config.base_num_layers, lm_width=config.width,
                                lm_mlp_dim=config.mlp_dim, lm_init_from_no_code=True)
 
@@ -220,7 +222,7 @@ def run_ablations(task="panoptic", out="uvim_ablations", seeds=(0, 1, 2), quick=
             print(*args, **kwargs)
 
     t0 = time.time()
-    plan = demo.Plan(_plan(config, seeds), say)
+    plan = demo.Plan(_plan(config, seeds), say, demo.step_costs(config))
     say(f"ablations of synthetic {task}: {len(plan.steps)} training runs over seeds "
         f"{', '.join(map(str, seeds))}")
     rows, figure = [], None
