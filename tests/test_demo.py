@@ -74,7 +74,8 @@ def test_demo_recipes_change_the_papers_only_where_documented():
         paper, ours = demo.paper_config(task), demo.demo_config(task)
         changed = {f.name for f in dataclasses.fields(paper)
                    if getattr(paper, f.name) != getattr(ours, f.name)}
-        expected = {"panoptic": {"code_dropout", "stage1_epochs", "lm_layers"},
+        expected = {"panoptic": {"code_dropout", "no_code_epochs", "stage1_epochs",
+                                 "stage2_epochs", "lm_layers"},
                     "depth": {"stage1_epochs", "stage2_epochs"}}.get(task, set())
         assert changed == expected, (task, changed)
         assert ablation_config(task).code_dropout == "random"
