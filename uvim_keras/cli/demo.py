@@ -120,8 +120,8 @@ PAPER_CONFIGS = {
 #: about five minutes on 2 CPU cores. Panoptic trains stage I without code
 #: dropout (the ablations measured UViM 13 PQ better without it on these
 #: shapes), the no-code model and stage I for 10 epochs each, and a 1-block
-#: LM (encoder and decoder; a step costs 0.4 of the 2-block LM's and it
-#: learns the code faster) for 16;
+#: LM (encoder and decoder; a step costs 0.4 of the 2-block LM's, for about
+#: 4 PQ less) for 16;
 #: depth trains stage I for 8 epochs and the LM for 16 (UViM's RMSE 0.745
 #: instead of 0.740 on seed 0). Measurements: benchmarks/README.md, "The
 #: demo's time and recipe" and "The demo's recipes".
