@@ -155,7 +155,8 @@ pred = np.asarray(uvim.predict(image, verbose=0))
 print(json.dumps({"file": uvim_keras.__file__, "bundled": str(BUNDLED_DIR),
                   "presets": sorted(UViM.presets), "shape": list(pred.shape),
                   "dtype": str(pred.dtype), "classes": int(pred[..., 0].max()),
-                  "repo_on_path": any(p.startswith(sys.argv[1]) for p in sys.path)}))
+                  "repo_on_path": any(p == sys.argv[1] or p.startswith(sys.argv[1] + "/")
+                                      for p in sys.path)}))
 """
     env = _clean_env(UVIM_KERAS_CACHE=str(tmp_path / "cache"))
     got = run_json([root / "bin" / "python", "-c", script, REPO], cwd=tmp_path, env=env,
