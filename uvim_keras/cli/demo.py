@@ -134,17 +134,20 @@ TASK_CONFIGS = {
 }
 
 
+def _recipe(configs, task, quick):
+    config = configs.get(task, DEFAULT_CONFIG)
+    return config.quick() if quick else config
+
+
 def demo_config(task="panoptic", quick=False):
     """The default DemoConfig of `task` (its `quick()` smoke version if `quick`)."""
-    config = TASK_CONFIGS.get(task, DEFAULT_CONFIG)
-    return config.quick() if quick else config
+    return _recipe(TASK_CONFIGS, task, quick)
 
 
 def paper_config(task="panoptic", quick=False):
     """The paper's recipe in miniature for `task` (`PAPER_CONFIGS`; its
     `quick()` smoke version if `quick`)."""
-    config = PAPER_CONFIGS.get(task, DEFAULT_CONFIG)
-    return config.quick() if quick else config
+    return _recipe(PAPER_CONFIGS, task, quick)
 
 
 def check_args(task, seed, out, config):
