@@ -25,7 +25,14 @@ def test_quick_ablations_write_every_column(tmp_path):
     # columns sharing a stage-I model share its stage-I score
     first = {c: saved["columns"][c]["stage1"]["mean"] for c in COLUMNS}
     assert first["default"] == first["from_scratch"] == first["no_autoregression"]
+    # every LM column reports its LM's figures on the held-out oracle codes
+    lm_columns = [c for c in COLUMNS if saved["columns"][c].get("lm")]
+    assert lm_columns == [c for c in COLUMNS if c != "no_oracle"]
+    for column in lm_columns:
+        assert saved["columns"][column]["lm"]["nll"] > 0
+        assert 0 <= saved["columns"][column]["lm"]["greedy_accuracy"] <= 1
     table = (tmp_path / "ablations.md").read_text()
+    assert "| greedy words right |" in table
     assert table.count("| stage II (UViM) |") == 2  # ours and the paper's
     assert str(PAPER["panoptic"]["stage2"]["no_autoregression"]) in table
     assert (tmp_path / "ablations_examples.png").stat().st_size > 1000

@@ -29,6 +29,11 @@ def test_demo_quick_writes_report_figure_and_models(tmp_path):
     assert report["quick"] is True and report["backend"] == "jax"
     markdown = (out / "panoptic_report.md").read_text()
     assert "| UViM (T=0) |" in markdown and "panoptic_examples.png" in markdown
+    stats = report["code_diagnostics"]  # the LM on the held-out oracle codes
+    for key in ("greedy_accuracy", "teacher_forced_accuracy", "previous_word_accuracy"):
+        assert 0 <= stats[key] <= 1
+    assert stats["nll"] > 0 and 1 <= stats["greedy_distinct_words"] <= report["config"]["code_len"]
+    assert f"matches {stats['greedy_accuracy']:.0%} of the oracle's words" in markdown
     from PIL import Image
 
     with Image.open(out / "panoptic_examples.png") as im:

@@ -34,6 +34,7 @@ import keras
 import numpy as np
 
 from uvim_keras.cli import demo
+from uvim_keras.code_diagnostics import code_diagnostics
 from uvim_keras.data.synthetic import make_synthetic
 from uvim_keras.metrics.host import to_numpy
 from uvim_keras.models import UViM
@@ -105,7 +106,7 @@ def _run_seed(task, config, seed, train, held_out, plan, say):
     baseline = demo.train_no_code(task_obj, config, seed, train, plan, stage)
     predict["no_code"] = outputs(baseline)
 
-    stage1_models, codes = {}, {}
+    stage1_models, codes, held_out_codes, diagnostics = {}, {}, {}, {}
     for name, changes in STAGE1_VARIANTS.items():
         stage = f"seed {seed}: stage I {name}"
         plan.begin(stage)
@@ -118,6 +119,7 @@ def _run_seed(task, config, seed, train, held_out, plan, say):
         stage1 = stage1_models[stage1_name]
         if stage1_name not in codes:  # (columns sharing a stage I share its codes)
             codes[stage1_name] = demo.oracle_codes(stage1, train)
+            held_out_codes[stage1_name] = demo.oracle_codes(stage1, held_out)
         stage = f"seed {seed}: stage II {column}"
         plan.begin(stage)
         lm, _ = demo.train_lm(dataclasses.replace(config, lm_init_from_no_code=init), seed,
@@ -126,6 +128,7 @@ def _run_seed(task, config, seed, train, held_out, plan, say):
         uvim = UViM.from_stage1(lm, stage1)
         predict[f"stage2 {column}"] = uvim.predict(held_out["image"], batch_size=64, verbose=0,
                                                    temperature=temperature, seed=seed)
+        diagnostics[column] = code_diagnostics(lm, held_out["image"], held_out_codes[stage1_name])
         say(f"  seed {seed}: {column} done")
 
     def score(prediction):
@@ -135,7 +138,7 @@ def _run_seed(task, config, seed, train, held_out, plan, say):
     row = {"no_oracle": {"stage1": score(predict["no_code"]), "stage2": None}}
     for column, (stage1_name, _, _) in LM_VARIANTS.items():
         row[column] = {"stage1": score(predict[f"stage1 {stage1_name}"]),
-                       "stage2": score(predict[f"stage2 {column}"])}
+                       "stage2": score(predict[f"stage2 {column}"]), "lm": diagnostics[column]}
     figure_columns = {"base model only": predict["no_code"],
                       "base model + oracle code": predict["stage1 default"],
                       "UViM": predict["stage2 default"]}
@@ -155,6 +158,9 @@ def _summary(rows):
             out[column][stage] = {"per_seed": [round(float(v), 4) for v in values],
                                   "mean": round(float(np.mean(values)), 4),
                                   "std": round(float(np.std(values)), 4)}
+        if all("lm" in r[column] for r in rows):  # the LM's figures, mean over the seeds
+            out[column]["lm"] = {key: round(float(np.mean([r[column]["lm"][key] for r in rows])), 4)
+                                 for key in rows[0][column]["lm"]}
     return out
 
 
@@ -181,6 +187,17 @@ def markdown(report):
     for stage, name in (("stage1", "stage I (oracle code)"), ("stage2", "stage II (UViM)")):
         lines.append(f"| {name} | " + " | ".join(
             _cell(report["columns"][c][stage], digits) for c in COLUMNS) + " |")
+    lm_columns = [c for c in COLUMNS if report["columns"][c].get("lm")]
+    if lm_columns:
+        lines += ["", "The LMs on the held-out images' oracle codes (mean over the seeds; "
+                  "`uvim_keras.code_diagnostics`): nats a word teacher-forced, and the share of "
+                  "the oracle's words the greedy code matches / teacher-forced argmax gets:", "",
+                  "| | " + " | ".join(lm_columns) + " |", "|---|" + "---|" * len(lm_columns)]
+        for key, name, fmt in (("nll", "nats a word", "{:.2f}"),
+                               ("greedy_accuracy", "greedy words right", "{:.0%}"),
+                               ("teacher_forced_accuracy", "teacher-forced words right", "{:.0%}")):
+            lines.append(f"| {name} | " + " | ".join(
+                fmt.format(report["columns"][c]["lm"][key]) for c in lm_columns) + " |")
     paper = PAPER.get(report["task"])
     if paper:
         lines += ["", f"The paper (Table 2, {paper['metric']}; real data at full size):", "",

@@ -24,6 +24,7 @@ import numpy as np
 
 import uvim_keras  # noqa: F401  (registers the model classes .keras files name)
 from uvim_keras.checkpoints.pretrained_vit import init_lm_encoder_from_base_model
+from uvim_keras.code_diagnostics import code_diagnostics
 from uvim_keras.data.synthetic import SYNTHETIC_TASKS, make_synthetic
 from uvim_keras.layers.code_dropout import CODE_DROPOUT_MODES
 from uvim_keras.metrics.host import to_numpy
@@ -437,6 +438,7 @@ def run_demo(task="panoptic", out="uvim_demo", seed=0, quick=False, config=None,
     metrics = {name: held_out_metrics(task, task_obj, held_out["labels"], p)
                for name, p in predictions.items()}
     samples = uvim.sample(held_out["image"][:6], num_samples=2, temperature=1.0, seed=seed)
+    diagnostics = code_diagnostics(lm, held_out["image"], oracle_codes(stage1, held_out))
     timings["evaluate_s"] = time.time() - t
     timings["total_s"] = time.time() - t0
 
@@ -456,6 +458,7 @@ def run_demo(task="panoptic", out="uvim_demo", seed=0, quick=False, config=None,
         "headline_better": task_obj.headline_metric[1],
         "final_train_loss": {"stage1": float(hist1["loss"][-1]), "stage2": float(hist2["loss"][-1])},
         "codebook_zeros_ratio": float(hist1["codebook_zeros_ratio"][-1]),
+        "code_diagnostics": diagnostics,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "figure": os.path.basename(figure),
     }
@@ -484,8 +487,24 @@ def _markdown(report):
     ]
     for model, values in report["metrics"].items():
         lines.append(f"| {model} | " + " | ".join(f"{values[n]:.3f}" for n in names) + " |")
+    lines += _diagnostics_lines(report.get("code_diagnostics"))
     lines += ["", f"![examples]({report['figure']})", ""]
     return "\n".join(lines)
+
+
+def _diagnostics_lines(stats):
+    """The LM's figures on the held-out oracle codes (`code_diagnostics`)."""
+    if not stats:
+        return []
+    return [
+        "",
+        "The LM on the held-out images' oracle codes: its greedy code (UViM, T=0) matches "
+        f"{stats['greedy_accuracy']:.0%} of the oracle's words; teacher-forced it gets "
+        f"{stats['teacher_forced_accuracy']:.0%} right (repeating the previous word: "
+        f"{stats['previous_word_accuracy']:.0%}), {stats['nll']:.2f} nats a word; distinct "
+        f"words per code: oracle {stats['oracle_distinct_words']:.1f}, greedy "
+        f"{stats['greedy_distinct_words']:.1f}.",
+    ]
 
 
 def _write_report(out, report):
