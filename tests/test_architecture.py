@@ -22,7 +22,7 @@ LAYERS = (
     ("optimizers", "presets"),
     ("models",),
     ("data",),
-    ("keras_hub_models", "evaluate"),
+    ("keras_hub_models", "evaluate", "code_diagnostics"),
     ("cli",),
 )
 
