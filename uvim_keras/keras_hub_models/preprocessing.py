@@ -12,7 +12,7 @@ and friends take raw images.
 import keras
 import keras_hub
 import numpy as np
-from keras_hub.src.utils.tensor_utils import preprocessing_function
+from keras_hub.src.utils.tensor_utils import in_tf_function, preprocessing_function
 
 from uvim_keras.keras_hub_models.backbone import UViMStage1Backbone
 from uvim_keras.data.images import GREY_WEIGHTS
@@ -20,6 +20,17 @@ from uvim_keras.data.images import GREY_WEIGHTS
 #: (x + 1) @ GREY_MATRIX - 1 is the grey image (3 equal channels) of an image
 #: in [-1, 1], as big_vision converts before its value range.
 GREY_MATRIX = np.repeat(GREY_WEIGHTS[:, None], 3, axis=1)
+
+
+def _like(x, value):
+    """`value` as a tensor of x's kind and dtype: a tf tensor inside tf.data
+    (any backend), else the backend's (numpy operands would make torch tensors
+    go through NumPy's deprecated array protocol)."""
+    if in_tf_function():
+        import tensorflow as tf
+
+        return tf.constant(value, dtype=x.dtype)
+    return keras.ops.convert_to_tensor(value, dtype=x.dtype)
 
 
 def image_converter(input_size):
@@ -91,8 +102,8 @@ class UViMPreprocessor(_UViMPreprocessorMixin, keras_hub.models.Preprocessor):
     def call(self, x, y=None, sample_weight=None):
         if self.image_converter:
             x = self.image_converter(x)
-        if self.grey:  # plain arithmetic: runs on tf.data tensors and backend arrays alike
-            x = (x + 1.0) @ GREY_MATRIX.astype("float32") - 1.0
+        if self.grey:
+            x = (x + 1.0) @ _like(x, GREY_MATRIX) - 1.0
         return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
 
     def get_config(self):

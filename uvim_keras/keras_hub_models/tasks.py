@@ -227,7 +227,7 @@ def _pixel_seeds(images):
 
     size = int(np.prod(images.shape[1:]))
     levels = ops.cast(ops.round((ops.cast(images, "float32") + 1.0) * 127.5), "int32")
-    weights = np.random.default_rng(0).integers(1, 2**20, size).astype("int32")
+    weights = ops.convert_to_tensor(np.random.default_rng(0).integers(1, 2**20, size), "int32")
     value = ops.sum(ops.reshape(levels, (-1, size)) * weights, axis=-1)
     return ops.bitwise_and(value, 2**31 - 1)
 
