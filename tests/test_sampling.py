@@ -276,3 +276,32 @@ def test_per_image_noise_is_keras_noise_of_each_seed_also_when_compiled():
     assert not np.array_equal(got[:, 0], got[:, 2])
     if keras.backend.backend() != "tensorflow":  # XLA draws another Philox stream there
         np.testing.assert_allclose(got.reshape(4, 6, VOCAB), expected, rtol=1e-6)
+
+
+def test_large_models_skip_xla_on_tensorflow_cpu_with_the_same_codes(lm, images, monkeypatch):
+    """TensorFlow on the CPU XLA-compiles decoding only for small models;
+    both paths give the same greedy and sampled codes (other backends: no
+    switch, the same codes trivially)."""
+    import keras
+
+    from uvim_keras.models import GuidingCodeLM
+    from uvim_keras.runtime import backend
+
+    def codes():
+        fresh = GuidingCodeLM(**CFG)  # new compiled functions
+        fresh.set_weights(lm.get_weights())
+        return (to_numpy(fresh.generate(images)),
+                to_numpy(fresh.generate(images, temperature=1.0, seed=3)))
+
+    xla = codes()
+    monkeypatch.setattr(backend, "TF_CPU_XLA_MAX_BYTES", 0)
+    kernels = codes()
+    np.testing.assert_array_equal(kernels[0], xla[0])
+    np.testing.assert_array_equal(kernels[1], xla[1])
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        on_gpu = bool(tf.config.list_logical_devices("GPU"))
+        assert backend._tf_xla(lm.variables) == on_gpu
+        monkeypatch.setattr(backend, "TF_CPU_XLA_MAX_BYTES", 2**40)
+        assert backend._tf_xla(lm.variables)

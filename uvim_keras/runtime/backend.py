@@ -8,8 +8,11 @@ compiled on the active backend:
 * jax: `jax.jit`, with the layer's variables passed as arguments through a
   `keras.StatelessScope` (so weights are not baked in as constants and later
   weight updates are seen);
-* tensorflow: `tf.function(jit_compile=True)` (XLA; variables are captured
-  by reference; faster than TF's own kernels, benchmarks/README.md);
+* tensorflow: `tf.function`, variables captured by reference; XLA-compiled
+  (`jit_compile=True`) on a GPU and, on the CPU, for layers whose variables
+  hold at most `TF_CPU_XLA_MAX_BYTES`: TensorFlow's XLA CPU backend decodes
+  small models several times faster than TF's own kernels but large ones
+  several times slower (benchmarks/README.md, "XLA for TensorFlow's decoding");
 * torch: run eagerly under `torch.no_grad()` (`torch.compile` on CPU costs far
   more compile time than a UViM decode takes).
 
@@ -28,6 +31,11 @@ import contextlib
 import keras
 import numpy as np
 from keras import ops
+
+
+#: On the CPU, TensorFlow compiles with XLA only layers whose variables hold
+#: at most this many bytes (the measured crossover lies between 6 and 50 MB).
+TF_CPU_XLA_MAX_BYTES = 16 * 2**20
 
 
 class CompiledFunctions:
@@ -82,7 +90,7 @@ def _compile(variables, fn):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn, reduce_retracing=True, jit_compile=True)
+        return tf.function(fn, reduce_retracing=True, jit_compile=_tf_xla(variables))
     if backend == "torch":
         import torch
 
@@ -92,6 +100,16 @@ def _compile(variables, fn):
 
         return no_grad
     return fn
+
+
+def _tf_xla(variables):
+    """Whether TensorFlow should XLA-compile a function of these variables."""
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("GPU"):
+        return True
+    size = sum(int(np.prod(v.shape)) * v.value.dtype.size for v in variables)
+    return size <= TF_CPU_XLA_MAX_BYTES
 
 
 def uniform_per_seed(seeds, shape, minval=0.0, maxval=1.0):
