@@ -89,6 +89,9 @@ def test_tiny_run(tmp_path):
     targets = result["targets"]
     for p in PRECISIONS:
         assert f"{p}_rss_over_weights" in targets and f"{p}_decode_bw_fraction" in targets
+        side = result["ours"][p]  # the loop's own fraction when encode was timed
+        expected = side.get("decode_loop_bw_fraction", side["decode_bw_fraction"])
+        assert targets[f"{p}_decode_bw_fraction"]["value"] == expected
     if HAS_REFERENCE:
         # the same architecture (ours also holds a few seed-generator states)
         assert abs(result["reference"]["weights_bytes"] - f32) <= 0.01 * f32

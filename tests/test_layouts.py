@@ -102,8 +102,9 @@ def test_attention_equals_keras_multi_head_attention_and_round_trips(tmp_path):
 
 @pytest.mark.parametrize("adapt", ["float", "lora", "int8"])
 def test_mlp_decoding_path_equals_its_call(adapt):
-    """The decoding loop's MLP (kernels transposed once per call) gives what
-    the layer gives, LoRA merged; quantized projections run as they are."""
+    """The decoding loop's MLP (kernels transposed once per call for more
+    than one row, as stored for one) gives what the layer gives, LoRA
+    merged; quantized projections run as they are."""
     import warnings
 
     from uvim_keras.layers import MlpBlock
@@ -122,8 +123,9 @@ def test_mlp_decoding_path_equals_its_call(adapt):
             warnings.simplefilter("ignore")
             for layer in (mlp.dense_0, mlp.dense_1):
                 layer.quantize("int8")
-    kernels = mlp.decoding_kernels()
+    kernels = mlp.decoding_kernels(rows=3)
     assert (kernels is None) == (adapt == "int8")
+    assert mlp.decoding_kernels(rows=1) is None  # one row: the kernels as stored
     np.testing.assert_allclose(to_numpy(mlp.decode(x, kernels)), to_numpy(mlp(x)),
                                rtol=1e-5, atol=1e-5)
 

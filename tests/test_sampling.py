@@ -122,6 +122,14 @@ def test_greedy_is_argmax_of_teacher_forced_logits(lm, images):
     assert len(np.unique(codes)) > 1
 
 
+def test_greedy_codes_of_one_image_equal_its_row_in_a_batch(lm, images):
+    """A batch of one decodes with the MLP kernels as stored (no transposed
+    copies, `MlpBlock.decoding_kernels`); its codes are the batch's."""
+    batch = to_numpy(lm.generate(images))
+    for i in range(NUM_IMAGES):
+        np.testing.assert_array_equal(to_numpy(lm.generate(images[i:i + 1]))[0], batch[i])
+
+
 def test_sampling_is_reproducible_with_a_seed(lm, images):
     a, b, c = _sample(lm, images, seed=3), _sample(lm, images, seed=3), _sample(lm, images, seed=4)
     np.testing.assert_array_equal(a, b)

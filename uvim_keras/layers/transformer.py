@@ -143,17 +143,22 @@ class MlpBlock(keras.layers.Layer):
         return self.dense_1(x)
 
     # -- decoding loops -----------------------------------------------------------
-    def decoding_kernels(self):
-        """Once per decoding call: both kernels as (in, out) matrices
-        (LoRA merged), or None when a projection is quantized. Inside a
-        loop XLA:CPU would transpose the (out, in) kernels at every step."""
-        if any(d.quantization_mode is not None for d in (self.dense_0, self.dense_1)):
+    def decoding_kernels(self, rows=None):
+        """Once per decoding call: both kernels as (in, out) matrices (LoRA
+        merged), or None when the loop calls the projections as they are:
+        when a projection is quantized, or when `rows` (the loop's static
+        row count) is 1. A matrix-vector product streams an (out, in) kernel
+        as fast as a transposed copy, which would hold the kernels twice;
+        with more rows XLA:CPU multiplies (in, out) kernels faster
+        (benchmarks/README.md)."""
+        quantized = any(d.quantization_mode is not None for d in (self.dense_0, self.dense_1))
+        if quantized or (isinstance(rows, int) and rows == 1):
             return None
         return tuple(ops.transpose(d.kernel) for d in (self.dense_0, self.dense_1))
 
     def decode(self, x, kernels):
         """`call` in inference, with `decoding_kernels()` made before the
-        loop (quantized projections run as they are)."""
+        loop (None: the projections run as they are)."""
         if kernels is None:
             return self(x)
         x = keras.activations.gelu(ops.matmul(x, kernels[0]) + self.dense_0.bias,
@@ -463,18 +468,25 @@ class DecoderBlock(keras.layers.Layer):
         return x + self.mlp(self.norm_3(x), training=training)
 
     # -- autoregressive decoding ------------------------------------------------
-    # The decoding loop works head-major: caches and the image's keys/values
-    # are (B, heads, S, head_dim), so no step transposes a cache (XLA:CPU does
-    # not hoist loop-invariant transposes out of a while loop). A projection
-    # of one position, (B, 1, heads, head_dim), becomes head-major by a
-    # reshape.
+    # The decoding loop works head-major with batch and heads merged: caches
+    # and the image's keys/values are (B * heads, S, head_dim). No step
+    # transposes a cache (XLA:CPU does not hoist loop-invariant transposes
+    # out of a while loop), and a 3-D cache is updated in place where a
+    # (B, heads, S, head_dim) one is copied several times a step
+    # (benchmarks/README.md). One position's projection,
+    # (B, 1, heads, head_dim), becomes (B * heads, 1, head_dim) by a reshape.
     def prepare_decoding(self, encoded):
         """Once per decoding call, from the encoded image (B, S, W): its
-        cross-attention keys and values, head-major (B, heads, S, head_dim),
-        and the MLP's `decoding_kernels()`."""
+        cross-attention keys and values, (B * heads, S, head_dim), and the
+        MLP's `decoding_kernels()`."""
         k, v = self.cross_attention.project_kv(encoded)
-        return {"cross_kv": (ops.transpose(k, (0, 2, 1, 3)), ops.transpose(v, (0, 2, 1, 3))),
-                "mlp_kernels": self.mlp.decoding_kernels()}
+        batch, length = ops.shape(k)[0], ops.shape(k)[1]
+
+        def merged_heads(t):
+            return ops.reshape(ops.transpose(t, (0, 2, 1, 3)), (-1, length, ops.shape(t)[3]))
+
+        return {"cross_kv": (merged_heads(k), merged_heads(v)),
+                "mlp_kernels": self.mlp.decoding_kernels(rows=batch)}
 
     def decode_step(self, x, index, cache_k, cache_v, prepared):
         """One autoregressive step.
@@ -482,7 +494,7 @@ class DecoderBlock(keras.layers.Layer):
         Args:
           x: (B, 1, W) the input at position `index`.
           index: scalar int, the position.
-          cache_k, cache_v: (B, heads, L, head_dim) self-attention cache.
+          cache_k, cache_v: (B * heads, L, head_dim) self-attention cache.
           prepared: `prepare_decoding(encoded)`, made once per call.
         Returns:
           (y, cache_k, cache_v) with the caches updated at `index`.
@@ -494,21 +506,21 @@ class DecoderBlock(keras.layers.Layer):
         sa, ca = self.self_attention, self.cross_attention
         batch, heads, head_dim = ops.shape(x)[0], self.num_heads, sa.head_dim
 
-        def head_major(t):  # (B, 1, h, d) -> (B, h, 1, d): a reshape, no transpose
-            return ops.reshape(t, (batch, heads, 1, head_dim))
+        def merged_heads(t):  # (B, 1, h, d) -> (B * h, 1, d): a reshape, no transpose
+            return ops.reshape(t, (-1, 1, head_dim))
 
         def position_major(t):  # the inverse
             return ops.reshape(t, (batch, 1, heads, head_dim))
 
         h = self.norm_1(x)
         k, v = sa.project_kv(h)
-        start = [0, 0, index, 0]
-        cache_k = ops.slice_update(cache_k, start, ops.cast(head_major(k), cache_k.dtype))
-        cache_v = ops.slice_update(cache_v, start, ops.cast(head_major(v), cache_v.dtype))
-        visible = (ops.arange(ops.shape(cache_k)[2]) <= index)[None, None, None, :]
-        y = _attend_heads(head_major(sa.project_query(h)), cache_k, cache_v, visible)
+        start = [0, index, 0]
+        cache_k = ops.slice_update(cache_k, start, ops.cast(merged_heads(k), cache_k.dtype))
+        cache_v = ops.slice_update(cache_v, start, ops.cast(merged_heads(v), cache_v.dtype))
+        visible = (ops.arange(ops.shape(cache_k)[1]) <= index)[None, None, :]
+        y = _attend_heads(merged_heads(sa.project_query(h)), cache_k, cache_v, visible)
         x = x + sa.attention_output(position_major(y))
-        q = head_major(ca.project_query(self.norm_2(x)))
+        q = merged_heads(ca.project_query(self.norm_2(x)))
         y = _attend_heads(q, *prepared["cross_kv"])
         x = x + ca.attention_output(position_major(y))
         return x + self.mlp.decode(self.norm_3(x), prepared["mlp_kernels"]), cache_k, cache_v
@@ -524,10 +536,10 @@ class DecoderBlock(keras.layers.Layer):
 
 
 def _attend_heads(q, k, v, mask=None):
-    """Head-major attention of one query position: q (B, h, 1, d) over
-    k, v (B, h, S, d) -> (B, h, 1, d); softmax in float32."""
-    logits = ops.cast(ops.einsum("bhqd,bhsd->bhqs", q, k), "float32")
+    """Attention of one query position, batch and heads merged: q (N, 1, d)
+    over k, v (N, S, d) -> (N, 1, d); softmax in float32."""
+    logits = ops.cast(ops.einsum("nqd,nsd->nqs", q, k), "float32")
     if mask is not None:
         logits = ops.where(mask, logits, ops.cast(-1e30, logits.dtype))
     weights = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
-    return ops.einsum("bhqs,bhsd->bhqd", weights, v)
+    return ops.einsum("nqs,nsd->nqd", weights, v)

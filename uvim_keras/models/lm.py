@@ -281,7 +281,7 @@ class GuidingCodeLM(AdaptableModel):
         heads = self.num_heads
         head_dim = self.width // heads
         prepared = [b.prepare_decoding(encoded) for b in self.decoder_blocks]
-        cache_shape = (n, heads, self.code_len, head_dim)  # head-major
+        cache_shape = (n * heads, self.code_len, head_dim)  # see DecoderBlock.decode_step
         caches = [
             (ops.zeros(cache_shape, encoded.dtype), ops.zeros(cache_shape, encoded.dtype))
             for _ in self.decoder_blocks
