@@ -123,3 +123,15 @@ def test_presets_saved_by_older_versions_still_load(tmp_path):
     assert isinstance(UViM.from_preset(str(folder)), UViM)
     with pytest.raises(ValueError, match=r"written by an older uvim-keras.*UViM\.from_preset"):
         keras_hub.models.ImageSegmenter.from_preset(str(folder))
+
+
+def test_from_preset_dtype_reaches_the_lm():
+    """`UViM.from_preset(..., dtype=...)` (keras-hub's loader hands the dtype
+    to the backbone only) also builds the guiding-code LM in that dtype."""
+    from uvim_keras import UViM
+
+    uvim = UViM.from_preset(str(WEIGHTS / "shapes_depth"), dtype="bfloat16")
+    for model in (uvim.lm, uvim.stage1):
+        assert model.dtype_policy.name == "bfloat16", model.name
+    assert uvim.lm.decoder_blocks[0].mlp.dense_0.kernel.dtype == "bfloat16"
+    assert UViM.from_preset(str(WEIGHTS / "shapes_depth")).lm.dtype_policy.name == "float32"

@@ -79,7 +79,7 @@ class UViMStage2Task(keras_hub.models.Task):
         if isinstance(backbone, dict):
             backbone = keras.saving.deserialize_keras_object(backbone)
         if isinstance(lm, dict):
-            lm = keras.saving.deserialize_keras_object(lm)
+            lm = keras.saving.deserialize_keras_object(_with_backbone_dtype(lm, backbone))
         if lm is None:
             raise ValueError(
                 f"{type(self).__name__} needs the stage-II LM (lm=...); a preset whose "
@@ -291,3 +291,18 @@ class UViMColorizer(keras_hub.models.ImageToImage, UViMStage2Task):
     def generate(self, inputs, **kwargs):
         """Colours for raw images (see `predict`)."""
         return self.predict(inputs, **kwargs)
+
+
+def _with_backbone_dtype(lm_config, backbone):
+    """The LM's serialized config with the backbone's dtype policy, as
+    keras-hub's task heads take theirs: `from_preset(..., dtype=...)` gives
+    keras-hub's loader's dtype to the backbone only, and the LM must follow.
+    Left as stored when either policy is a quantization or a per-layer map
+    (a quantized LM keeps its own)."""
+    policy = backbone.dtype_policy
+    stored = lm_config.get("config", {}).get("dtype")
+    plain = type(policy) is keras.dtype_policies.DTypePolicy
+    if not plain or (isinstance(stored, dict) and stored.get("class_name") != "DTypePolicy"):
+        return lm_config
+    config = {**lm_config["config"], "dtype": keras.dtype_policies.serialize(policy)}
+    return {**lm_config, "config": config}
