@@ -44,6 +44,20 @@ def test_demo_quick_writes_report_figure_and_models(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "jax") != "jax", reason="runs once")
+def test_depth_demo_reports_both_posterior_means(tmp_path):
+    from uvim_keras.cli.demo import run_demo
+
+    report = run_demo(task="depth", out=str(tmp_path), quick=True, verbose=0, save_models=False)
+    assert set(report["metrics"]) == {"no code", "oracle code", "UViM (T=0)",
+                                      "no code (expected depth)", "UViM (mean of 8, T=1)"}
+    for values in report["metrics"].values():
+        assert 0 < values["RMSE"] < 10
+    markdown = (tmp_path / "depth_report.md").read_text()
+    assert "| no code (expected depth) |" in markdown and "| UViM (mean of 8, T=1) |" in markdown
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "jax") != "jax", reason="runs once")
 @pytest.mark.parametrize(
     "args, message",
     [

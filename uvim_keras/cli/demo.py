@@ -262,6 +262,24 @@ def train_lm(config, seed, images, codes, plan, baseline, stage="stage II", auto
                         config.batch_size)
 
 
+#: Tasks whose demo also reports two estimates of the posterior mean, which
+#: a squared error (depth's RMSE) rewards: UViM's outputs averaged over this
+#: many codes sampled at T=1 (one greedy code is one guess), and the no-code
+#: model's expected depth over its bins (`DepthTask(output="mean")`); why:
+#: benchmarks/README.md, "Depth under a squared error".
+MEAN_OF_SAMPLES = {"depth": 8}
+
+
+def mean_of_samples(uvim, images, num_samples, seed, batch_size=25):
+    """`uvim`'s outputs for `images` averaged over `num_samples` codes
+    sampled at T=1 (batches of `batch_size` images, each batch seeded from
+    (`seed`, its index), so that no two images share a sampling seed)."""
+    return np.concatenate([
+        uvim.sample(images[i:i + batch_size], num_samples=num_samples, temperature=1.0,
+                    seed=seed * 100_003 + i).mean(axis=1)
+        for i in range(0, len(images), batch_size)])
+
+
 # -- metrics and pictures (what the task says) ------------------------------------
 def held_out_metrics(task_name, task, labels, prediction):
     """The task's metric values ({name: float}, `task.metric_values`) of
@@ -283,6 +301,9 @@ def _figure(path, task_name, task, data, columns, *, seed, metrics, rows=6):
     notes = [f"Scores: {head} on all {len(data['image'])} held-out images ({better} is better).",
              "no code: the base model alone; oracle code: the code made from the ground truth; "
              "UViM: the code the language model predicts; T=1 samples: sampled codes."]
+    if any(name.startswith("UViM (mean of") for name in columns):
+        notes.append("UViM (mean of N): the outputs of N codes sampled at T=1, averaged; "
+                     "no code (expected depth): the no-code model's mean over its depth bins.")
     demo_figure(data["image"], data["labels"], columns, task,
                 title=f"UViM demo: synthetic {task_name}, held-out images, seed {seed}",
                 scores=scores, metric=head, notes=notes, rows=rows).save(path)
@@ -431,6 +452,13 @@ def run_demo(task="panoptic", out="uvim_demo", seed=0, quick=False, config=None,
         "oracle code": batched(lambda b: to_numpy(stage1.predict_outputs(b)), held_out, 64),
         "UViM (T=0)": greedy,
     }
+    num_samples = MEAN_OF_SAMPLES.get(task)
+    if num_samples:  # both models' estimates of the posterior mean, side by side
+        mean_task = get_task(task, **{**SYNTHETIC_TASKS[task]["task_kwargs"], "output": "mean"})
+        predictions["no code (expected depth)"] = batched(
+            lambda b: to_numpy(mean_task.predict_outputs(baseline(b)["logits"])), held_out, 64)
+        predictions[f"UViM (mean of {num_samples}, T=1)"] = mean_of_samples(
+            uvim, held_out["image"], num_samples, seed)
     temperature = uvim.default_temperature
     if temperature > 0:  # colorization: the task samples its code (T=1) by default
         predictions[f"UViM (T={temperature:g})"] = uvim.predict(
