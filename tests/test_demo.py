@@ -45,9 +45,13 @@ def test_demo_quick_writes_report_figure_and_models(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "jax") != "jax", reason="runs once")
 def test_depth_demo_reports_both_posterior_means(tmp_path):
-    from uvim_keras.cli.demo import run_demo
+    from uvim_keras.cli.demo import demo_config, run_demo
 
-    report = run_demo(task="depth", out=str(tmp_path), quick=True, verbose=0, save_models=False)
+    config = dataclasses.replace(demo_config("depth", quick=True), train_examples=64,
+                                 eval_examples=8, batch_size=16, no_code_epochs=1,
+                                 stage1_epochs=1, stage2_epochs=1)
+    report = run_demo(task="depth", out=str(tmp_path), config=config, verbose=0,
+                      save_models=False)
     assert set(report["metrics"]) == {"no code", "oracle code", "UViM (T=0)",
                                       "no code (expected depth)", "UViM (mean of 8, T=1)"}
     for values in report["metrics"].values():
