@@ -16,6 +16,13 @@ def _recorded(name):
 BUNDLED = {"shapes_panoptic": "panoptic", "shapes_depth": "depth",
            "shapes_colorization": "colorization"}
 
+#: The records were made on JAX. A preset that samples its code (colorization,
+#: T=1) draws other noise on TensorFlow and torch, so there its sampled metrics
+#: move by the sampling spread: over 8 sampling seeds on the recorded split the
+#: standard deviation is 0.0011-0.0016 (colourfulness) and 0.0022-0.0030 (MSE);
+#: these tolerances are about three of them. Deterministic figures stay exact.
+SAMPLING_TOLERANCE = {"colourfulness": 0.005, "MSE": 0.01}
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BUNDLED))
@@ -28,12 +35,16 @@ def test_bundled_preset_reproduces_its_recorded_metrics(name):
 
     if not (BUNDLED_DIR / name).is_dir():
         pytest.skip("no bundled preset")
+    import keras
+
     recorded = _recorded(name)["metrics"]
     uvim = UViM.from_preset(name)
     got = preset_metrics(uvim, BUNDLED[name], seed=0)
     assert set(got) == set(recorded)
+    other_noise = uvim.default_temperature > 0 and keras.backend.backend() != "jax"
     for metric, value in got.items():
-        assert abs(value - recorded[metric]) <= 1.5e-3, (metric, value, recorded[metric])
+        tolerance = SAMPLING_TOLERANCE.get(metric, 1.5e-3) if other_noise else 1.5e-3
+        assert abs(value - recorded[metric]) <= tolerance, (metric, value, recorded[metric])
 
 
 def test_readme_quotes_the_recorded_metrics():
