@@ -191,9 +191,10 @@ def optimizer(config, epochs):
     return keras.optimizers.Adam(lr, global_clipnorm=1.0)
 
 
-def make_task(task_name):
-    """The task object of the synthetic data `task_name`."""
-    return get_task(task_name, **SYNTHETIC_TASKS[task_name]["task_kwargs"])
+def make_task(task_name, **options):
+    """The task object of the synthetic data `task_name`; `options` override
+    the dataset's task arguments (e.g. `output="mean"` for depth)."""
+    return get_task(task_name, **{**SYNTHETIC_TASKS[task_name]["task_kwargs"], **options})
 
 
 def build_stage1(task, config, seed, zero_code=False):
@@ -454,7 +455,7 @@ def run_demo(task="panoptic", out="uvim_demo", seed=0, quick=False, config=None,
     }
     num_samples = MEAN_OF_SAMPLES.get(task)
     if num_samples:  # both models' estimates of the posterior mean, side by side
-        mean_task = get_task(task, **{**SYNTHETIC_TASKS[task]["task_kwargs"], "output": "mean"})
+        mean_task = make_task(task, output="mean")
         predictions["no code (expected depth)"] = batched(
             lambda b: to_numpy(mean_task.predict_outputs(baseline(b)["logits"])), held_out, 64)
         predictions[f"UViM (mean of {num_samples}, T=1)"] = mean_of_samples(
